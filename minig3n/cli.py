@@ -23,7 +23,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen command's module is imported (so ``--help`` stays fast)."""
     parser = argparse.ArgumentParser(
         prog="minig3n",
         description="minig3n: a NumPy-only reference implementation of Gemma 3n (E2B/E4B): text, images and "
@@ -32,14 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(module)
-        getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", None))(p)
-        p.set_defaults(_run=getattr(mod, f"run_{name}", getattr(mod, "run", None)), _name=name)
+        if name == command:
+            mod = importlib.import_module(module)
+            getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", None))(p)
+            p.set_defaults(_run=getattr(mod, f"run_{name}", getattr(mod, "run", None)), _name=name)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
