@@ -1,0 +1,62 @@
+"""The few primitives every tower uses: RMSNorm, tanh-GELU, SiLU, softplus, soft-capping, Linear.
+
+The idea: Gemma 3n builds everything from these. The one trap worth repeating: every Gemma 3n RMSNorm
+multiplies by its weight as ``x * w``. There is no ``(1 + w)`` offset (Gemma 2/3 had one; Gemma 3n's
+converter copied the JAX scales unchanged), and a few norms have no weight at all (v_norm, the embedders'
+post-projection norms).
+
+Source: transformers 5.24 ``Gemma3nRMSNorm`` and ``ACT2FN["gelu_pytorch_tanh"]``; timm ``RmsNorm2d``.
+Left out: training-time clipping and dropout.
+
+All functions work in the dtype of their input (float32 or float64); constants are the float32 values
+the reference uses, cast to that dtype.
+"""
+import numpy as np
+
+SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the reference's constant
+GELU_CUBIC = np.float32(0.044715)
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis.   [..., D] -> [..., D]
+
+    Computed as ``x * (mean(x^2) + eps) ** -0.5`` like the reference. ``weight`` None = no scale.
+    """
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)            # [..., 1]
+    y = x * np.power(ms + x.dtype.type(eps), x.dtype.type(-0.5))  # [..., D]
+    return y if weight is None else y * weight.astype(x.dtype, copy=False)
+
+
+def gelu_tanh(x):
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.   [...] -> [...]"""
+    t = x.dtype.type
+    return t(0.5) * x * (t(1.0) + np.tanh(t(SQRT_2_OVER_PI) * (x + t(GELU_CUBIC) * x * x * x)))
+
+
+def silu(x):
+    """``x * sigmoid(x)``.   [...] -> [...]"""
+    return x / (x.dtype.type(1.0) + np.exp(-x))
+
+
+def softplus(x):
+    """``log(1 + exp(x))``, computed without overflow.   [...] -> [...]"""
+    return np.logaddexp(x.dtype.type(0.0), x)
+
+
+def softcap(x, cap):
+    """``cap * tanh(x / cap)``: squashes logits smoothly into (-cap, cap).   [...] -> [...]"""
+    c = x.dtype.type(cap)
+    return c * np.tanh(x / c)
+
+
+def linear(x, weight, bias=None):
+    """``x W^T (+ b)`` with W in PyTorch's [out, in] layout.   [..., in] -> [..., out]"""
+    y = x @ weight.astype(x.dtype, copy=False).T
+    return y if bias is None else y + bias.astype(x.dtype, copy=False)
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax.   [...] -> [...]"""
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
