@@ -1,0 +1,50 @@
+"""KV sharing: the last layers reuse the keys and values of an earlier layer instead of computing their own.
+
+The idea: Gemma 3n's top ``num_kv_shared_layers`` layers ("consumers") have no K/V projections of their
+own. Each consumer reads the final K (after k_norm and RoPE) and V (after v_norm) of one "producer": the
+last non-consumer layer of the same attention type (sliding or full). It still computes its own queries and
+applies the mask of its own type. For E2B and E4B (first consumer 20) the producers are layer 18 (sliding)
+and layer 19 (full). This saves the K/V projections and, with a cache, the cache memory of every consumer.
+
+Source: transformers 5.24 ``Gemma3nTextConfig.kv_sharing_modes`` (configuration_gemma3n.py) and
+``Gemma3nTextAttention.forward`` (``shared_kv_states``): modes are None (ordinary layer), "store" (producer)
+and "reuse" (consumer). In 5.24 sharing happens with or without a cache, in the same forward pass.
+Left out: the older behaviour (before transformers 4.56), where consumers used their own checkpoint weights
+when no cache was passed (numerics doc section 6.1).
+
+    >>> from minig3n.config import e2b_config
+    >>> kv_sharing_modes(e2b_config().text)[17:22]
+    [None, 'store', 'store', 'reuse', 'reuse']
+"""
+from __future__ import annotations
+
+from .errors import ConfigError
+
+
+def kv_sharing_modes(cfg) -> list:
+    """Per layer: None, "store" (the producer of its type) or "reuse" (a consumer), as the reference."""
+    L, first = cfg.num_hidden_layers, cfg.num_hidden_layers - cfg.num_kv_shared_layers
+    if cfg.num_kv_shared_layers == 0:
+        return [None] * L
+    modes = [None if i < first else "reuse" for i in range(L)]
+    for layer_type in sorted(set(cfg.layer_types)):
+        producers = [i for i in range(first) if cfg.layer_types[i] == layer_type]
+        if not producers:   # the reference raises ValueError here: every type needs a producer
+            raise ConfigError(f"config key 'num_kv_shared_layers': no layer before {first} is of type "
+                              f"'{layer_type}', so that type has no K/V producer")
+        modes[producers[-1]] = "store"
+    return modes
+
+
+def kv_producer(cfg, layer_idx: int) -> int | None:
+    """The layer whose K/V layer ``layer_idx`` reuses, or None if it computes its own."""
+    modes = kv_sharing_modes(cfg)
+    if modes[layer_idx] != "reuse":
+        return None
+    layer_type = cfg.layer_types[layer_idx]
+    return max(i for i, m in enumerate(modes) if m == "store" and cfg.layer_types[i] == layer_type)
+
+
+def is_kv_shared(cfg, layer_idx: int) -> bool:
+    """True for a consumer layer (it has no k_proj/v_proj/k_norm and stores nothing in a cache)."""
+    return layer_idx >= cfg.num_hidden_layers - cfg.num_kv_shared_layers and cfg.num_kv_shared_layers > 0
