@@ -41,7 +41,7 @@ def embed_soft(x, p, eps=1e-6):
 
     Works in the dtype of ``x`` (float32 or float64).
     """
-    x = np.asarray(x)
+    x = np.asarray(x)                                                        # [..., Dm]
     h = rms_norm(x, p["soft_embedding_norm.weight"], eps)                    # [..., Dm]
     return _project(h, p, eps)                                               # [..., Dt]
 
@@ -52,7 +52,7 @@ def embed_hard(ids_minus_offset, p, eps=1e-6, dtype=None):
     [...] int -> [..., Dt]. ``dtype`` defaults to the table's dtype (float32 or float64 from the loader).
     Raises InputError for an id outside the table.
     """
-    ids = np.asarray(ids_minus_offset)
+    ids = np.asarray(ids_minus_offset)                                       # [...]
     table = p["embedding.weight"]                                            # [V, Dm]
     if ids.dtype.kind not in "iu":
         raise InputError(f"embedder ids must be integers, got dtype {ids.dtype}")
@@ -65,13 +65,20 @@ def embed_hard(ids_minus_offset, p, eps=1e-6, dtype=None):
     return _project(h, p, eps)                                               # [..., Dt]
 
 
-def embedder_weight_shapes(multimodal_hidden: int, text_hidden: int, vocab_size: int = 128,
-                           prefix: str = "model.embed_audio.") -> dict[str, tuple]:
-    """Every tensor an embedder reads, with its shape. Audio: (1536, 2048, prefix 'model.embed_audio.');
-    vision: (2048, 2048, prefix 'model.embed_vision.')."""
+def embedder_weight_shapes(multimodal, text, prefix: str = "model.embed_audio.") -> dict[str, tuple]:
+    """Every tensor an embedder reads, with its shape.
+
+    ``multimodal``: the tower's config (``AudioConfig`` / ``VisionConfig``: ``hidden_size``, ``vocab_size``)
+    or its width as an int (vocab 128); ``text``: the ``TextConfig`` or the text width as an int.
+    Audio: ``embedder_weight_shapes(cfg.audio, cfg.text, "model.embed_audio.")`` (1536 -> 2048);
+    vision: ``embedder_weight_shapes(cfg.vision, cfg.text, "model.embed_vision.")`` (2048 -> 2048).
+    """
+    dm = getattr(multimodal, "hidden_size", multimodal)
+    vocab = getattr(multimodal, "vocab_size", 128)
+    dt = getattr(text, "hidden_size", text)
     return {
-        prefix + "embedding.weight": (vocab_size, multimodal_hidden),
-        prefix + "hard_embedding_norm.weight": (multimodal_hidden,),
-        prefix + "soft_embedding_norm.weight": (multimodal_hidden,),
-        prefix + "embedding_projection.weight": (text_hidden, multimodal_hidden),
+        prefix + "embedding.weight": (vocab, dm),
+        prefix + "hard_embedding_norm.weight": (dm,),
+        prefix + "soft_embedding_norm.weight": (dm,),
+        prefix + "embedding_projection.weight": (dt, dm),
     }

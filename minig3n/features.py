@@ -97,7 +97,7 @@ def hann_window() -> np.ndarray:
     """Periodic Hann window of FRAME_LENGTH samples, computed in float32 like the reference.   -> [512]"""
     n = np.arange(FRAME_LENGTH, dtype=np.float32)                            # [512]
     w = (np.float32(0.5) * (np.float32(1.0) - np.cos(np.float32(2 * np.pi) * n / np.float32(FRAME_LENGTH))))
-    w = w.astype(np.float32)
+    w = w.astype(np.float32)                                                 # [512] (already float32)
     w.setflags(write=False)
     return w
 
@@ -137,7 +137,7 @@ def _as_waveforms(waveforms) -> list[np.ndarray]:
     out = []
     for i, w in enumerate(items):
         try:
-            w = np.asarray(w)
+            w = np.asarray(w)                                                # [A]
         except ValueError:
             raise InputError(f"audio #{i} is ragged; give one 1-D array per waveform") from None
         if w.ndim != 1:
@@ -147,7 +147,7 @@ def _as_waveforms(waveforms) -> list[np.ndarray]:
             raise InputError(f"audio #{i} must hold numbers, got dtype {w.dtype}")
         if w.size == 0:
             raise InputError(f"audio #{i} is empty (0 samples)")
-        w = w.astype(np.float32)
+        w = w.astype(np.float32)                                             # [A]
         if not np.all(np.isfinite(w)):
             raise InputError(f"audio #{i} contains NaN or infinite samples")
         out.append(w)

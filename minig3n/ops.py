@@ -28,9 +28,15 @@ def rms_norm(x, weight=None, eps=1e-6):
 
 
 def gelu_tanh(x):
-    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.   [...] -> [...]"""
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.   [...] -> [...]
+
+    The constants are those of torch's GELU kernel in the input dtype: float32-rounded for float32 input
+    (``SQRT_2_OVER_PI``, ``GELU_CUBIC``), full double values for float64 input (torch computes
+    ``M_SQRT2 * M_2_SQRTPI * 0.5`` and ``0.044715`` in the kernel's scalar type; it is a native op, not a
+    float32 island, so the lifted float64 reference uses the double constants)."""
     t = x.dtype.type
-    return t(0.5) * x * (t(1.0) + np.tanh(t(SQRT_2_OVER_PI) * (x + t(GELU_CUBIC) * x * x * x)))
+    c, k = t(np.sqrt(2.0 / np.pi)), t(0.044715)   # == SQRT_2_OVER_PI, GELU_CUBIC for float32
+    return t(0.5) * x * (t(1.0) + np.tanh(c * (x + k * x * x * x)))
 
 
 def silu(x):

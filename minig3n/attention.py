@@ -1,0 +1,152 @@
+"""Self-attention of the text decoder: q/k/v norms, RoPE with two bases, GQA, sliding-window masks.
+
+The idea: ordinary causal multi-head attention with grouped key/value heads (N = 8 query heads share
+G = 2 K/V heads: query head h reads K/V head h // (N/G)), with three Gemma 3n twists:
+
+* **Norms instead of a scale.** q and k are RMS-normed per head (``q_norm``, ``k_norm``, weight [E]) and v
+  by a weightless RMSNorm, all *before* RoPE; the logit scale is 1.0 (no 1/sqrt(E)), no logit softcap.
+* **Two RoPE bases.** Sliding-window layers rotate with base ``rope_local_base_freq`` (1e4), full layers
+  with ``rope_theta`` (1e6). Rotate-half on contiguous halves (not interleaved pairs).
+* **Two masks.** Full layers see every earlier key; sliding layers see the last ``sliding_window`` keys
+  including the query itself. With left padding, pad keys are hidden too. Example, T = 5, window 3,
+  row 0 = padding (``#`` = attends, ``.`` = masked)::
+
+        full            sliding (window 3)      left-padded, full
+        # . . . .       # . . . .               . . . . .   <- pad query: sees nothing -> output 0
+        # # . . .       # # . . .               . # . . .
+        # # # . .       # # # . .               . # # . .
+        # # # # .       . # # # .               . # # # .
+        # # # # #       . . # # #               . # # # #
+
+  A query row that sees no key at all (a left-pad position) outputs zeros, as the reference's default
+  (SDPA) attention does; eager attention would give a uniform average instead. Those rows are padding.
+
+Positions: the mask works in *cache positions* (index of a token in the padded sequence, 0 = first slot),
+exactly like the reference's masks; RoPE uses *position ids* (by default also the cache position; the
+reference's ``generate`` passes ``cumsum(attention_mask) - 1`` for left-padded rows).
+
+Source: transformers 5.24 ``Gemma3nTextAttention``, ``Gemma3nRotaryEmbedding``, ``masking_utils``
+(``causal_mask_function``, ``sliding_window_overlay``, ``padding_mask_function``); numerics doc 1.6.
+Left out: attention dropout, the attention-weights output, bidirectional attention (unused by Gemma 3n).
+
+Precision: RoPE inverse frequencies are float32 constants (``1 / base ** (arange(0, E, 2) / E)`` in float32;
+``rope_inv_freq`` is bit-identical to torch for head_dim <= 64 and off by 1 ulp in one or two of 128 entries
+at head_dim 256, torch's vectorised powf not being correctly rounded). In float32 mode the angle
+``float32(pos) * inv_freq`` is a float32 product, as in the reference; in float64 mode it is a float64 product.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import SLIDING
+from .ops import linear, rms_norm
+
+
+# RoPE ------------------------------------------------------------------------------------------------------
+def rope_inv_freq(base: float, head_dim: int) -> np.ndarray:
+    """``1 / base ** (arange(0, E, 2) / E)`` as the reference's float32 buffer.   -> [E/2] float32"""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)   # [E/2] float32
+    powered = (np.float64(base) ** exponent.astype(np.float64)).astype(np.float32)  # [E/2] rounded powf
+    return np.float32(1.0) / powered                                                # [E/2] float32
+
+
+def rope_cos_sin(position_ids, inv_freq, dtype):
+    """cos and sin of ``position * inv_freq``, duplicated over both halves.   [B, T] -> [B, T, E], [B, T, E]"""
+    pos = np.asarray(position_ids)
+    if np.dtype(dtype) == np.float32:
+        angles = pos.astype(np.float32)[..., None] * inv_freq                 # [B, T, E/2] float32 product
+        angles = angles.astype(np.float64)                                    # cos/sin rounded from float64
+    else:
+        angles = pos.astype(np.float64)[..., None] * inv_freq.astype(np.float64)  # [B, T, E/2]
+    emb = np.concatenate([angles, angles], axis=-1)                           # [B, T, E]
+    return np.cos(emb).astype(dtype), np.sin(emb).astype(dtype)               # [B, T, E] each
+
+
+def rotate_half(x):
+    """``[x1, x2] -> [-x2, x1]`` over the last axis (contiguous halves).   [..., E] -> [..., E]"""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)           # [..., E]
+
+
+def apply_rope(x, cos, sin):
+    """``x cos + rotate_half(x) sin`` per head.   [B, T, H, E], [B, T, E] -> [B, T, H, E]"""
+    return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]       # [B, T, H, E]
+
+
+# Masks -----------------------------------------------------------------------------------------------------
+def attention_mask(q_pos, k_pos, key_is_real=None, sliding_window=None):
+    """Which keys each query may read: ``k <= q`` (and ``k > q - window`` for sliding layers), real keys only.
+
+    q_pos [T], k_pos [S]: cache positions; key_is_real [B, S] bool (None = all real). -> [B, T, S] bool"""
+    q = np.asarray(q_pos)[:, None]                                            # [T, 1]
+    k = np.asarray(k_pos)[None, :]                                            # [1, S]
+    allowed = k <= q                                                          # [T, S]
+    if sliding_window is not None:
+        allowed = allowed & (k > q - sliding_window)                          # [T, S]
+    allowed = allowed[None]                                                   # [1, T, S]
+    if key_is_real is not None:
+        allowed = allowed & np.asarray(key_is_real, dtype=bool)[:, None, :]   # [B, T, S]
+    return allowed
+
+
+# Projections -----------------------------------------------------------------------------------------------
+def query_states(x, p, cfg, cos, sin):
+    """``rope(q_norm(q_proj(x)))`` per head.   [B, T, D] -> [B, T, N, E]"""
+    B, T, _ = x.shape
+    q = linear(x, p["q_proj.weight"]).reshape(B, T, cfg.num_attention_heads, cfg.head_dim)  # [B, T, N, E]
+    q = rms_norm(q, p["q_norm.weight"], cfg.rms_norm_eps)                     # [B, T, N, E]
+    return apply_rope(q, cos, sin)                                            # [B, T, N, E]
+
+
+def key_value_states(x, p, cfg, cos, sin):
+    """``k = rope(k_norm(k_proj(x)))``, ``v = rms_norm(v_proj(x))`` (weightless).   [B, T, D] -> 2 x [B, T, G, E]"""
+    B, T, _ = x.shape
+    G, E = cfg.num_key_value_heads, cfg.head_dim
+    k = linear(x, p["k_proj.weight"]).reshape(B, T, G, E)                     # [B, T, G, E]
+    k = apply_rope(rms_norm(k, p["k_norm.weight"], cfg.rms_norm_eps), cos, sin)  # [B, T, G, E]
+    v = linear(x, p["v_proj.weight"]).reshape(B, T, G, E)                     # [B, T, G, E]
+    v = rms_norm(v, None, cfg.rms_norm_eps)                                   # [B, T, G, E] v_norm: no weight
+    return k, v
+
+
+def attend(q, k, v, mask):
+    """``softmax(q k^T + mask) v`` per head, GQA, scaling 1.0.   [B, T, N, E], [B, S, G, E] x2, [B|1, T, S] -> [B, T, N*E]
+
+    Rows with no visible key give zeros (see the module docstring)."""
+    B, T, N, E = q.shape
+    G = k.shape[2]
+    qh = q.transpose(0, 2, 1, 3).reshape(B, G, N // G, T, E)                  # [B, G, N/G, T, E] head h -> h // (N/G)
+    kh = k.transpose(0, 2, 3, 1)[:, :, None]                                  # [B, G, 1, E, S]
+    vh = v.transpose(0, 2, 1, 3)[:, :, None]                                  # [B, G, 1, S, E]
+    scores = qh @ kh                                                          # [B, G, N/G, T, S]
+    m = np.asarray(mask, dtype=bool)[:, None, None]                           # [B, 1, 1, T, S]
+    scores = np.where(m, scores, -np.inf)                                     # [B, G, N/G, T, S]
+    seen = m.any(axis=-1, keepdims=True)                                      # [B, 1, 1, T, 1]
+    top = np.where(seen, np.max(scores, axis=-1, keepdims=True), 0.0)         # [B, G, N/G, T, 1]
+    w = np.exp(scores - top)                                                  # [B, G, N/G, T, S]
+    denom = np.where(seen, np.sum(w, axis=-1, keepdims=True), 1.0)            # [B, G, N/G, T, 1]
+    out = (w / denom) @ vh                                                    # [B, G, N/G, T, E]
+    return out.reshape(B, N, T, E).transpose(0, 2, 1, 3).reshape(B, T, N * E)  # [B, T, N*E] head-major
+
+
+def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_kv=None):
+    """One attention block.   [B, T, D] -> ([B, T, D], (k [B, S, G, E], v [B, S, G, E]))
+
+    ``past_kv``: the cached (k, v) of this layer (keys before this call), or None. ``shared_kv``: the producer's
+    (k, v) for a KV-shared layer (then this layer computes no K/V). ``mask`` [B|1, T, S] matches the keys used.
+    Returns the output and the keys/values it attended over (what a producer stores and shares)."""
+    q = query_states(x, p, cfg, cos, sin)                                     # [B, T, N, E]
+    if shared_kv is not None:
+        k, v = shared_kv                                                      # [B, S, G, E] each
+    else:
+        k, v = key_value_states(x, p, cfg, cos, sin)                          # [B, T, G, E] each
+        if past_kv is not None:
+            k = np.concatenate([past_kv[0], k], axis=1)                       # [B, S, G, E]
+            v = np.concatenate([past_kv[1], v], axis=1)                       # [B, S, G, E]
+    out = attend(q, k, v, mask)                                               # [B, T, N*E]
+    return linear(out, p["o_proj.weight"]), (k, v)                            # [B, T, D]
+
+
+def layer_sliding_window(cfg, layer_idx: int):
+    """The window of a sliding layer, None for a full layer."""
+    return cfg.sliding_window if cfg.layer_types[layer_idx] == SLIDING else None

@@ -1,0 +1,322 @@
+"""The Gemma 3n text decoder: embeddings, AltUp streams, decoder layers, collapse, norm, tied LM head.
+
+The idea, one forward pass (numerics doc section 1):
+
+1. ``embed_tokens(ids) * sqrt(D)`` (or the multimodal merge's ``inputs_embeds``) and the per-layer
+   embeddings (``ple``: one P-wide vector per token per layer).
+2. AltUp: K streams (``altup.make_streams``).
+3. L decoder layers (``decoder_layer``): predict -> norm -> LAuReL + attention -> MLP -> correct ->
+   per-layer-input branch into streams 1..K-1.
+4. ``altup.collapse_streams`` -> final RMSNorm -> logits with the token-embedding matrix (tied head) ->
+   softcap ``30 tanh(x / 30)``.
+
+Source: transformers 5.24 ``Gemma3nTextDecoderLayer``, ``Gemma3nTextModel``, ``Gemma3nForCausalLM``
+(and the language part of ``Gemma3nForConditionalGeneration``).
+Left out: training (loss, dropout), output_attentions / hidden-states tuples (use ``trace``), static caches.
+
+Weights are read lazily from a ``Checkpoint``: a layer's tensors when the layer first runs, the
+per-layer-embedding table only row by row (``Checkpoint.rows``), never whole.
+
+Trace names (``forward(..., trace={})``; batch row 0, batch axis dropped; ``X`` = the model prefix,
+``model.`` for Gemma3nForCausalLM checkpoints, ``model.language_model.`` for multimodal ones), in this order:
+``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None), ``X.embed_tokens_per_layer`` [T, L*P],
+``X.per_layer_model_projection`` [T, L*P], ``X.per_layer_projection_norm`` [T, L, P],
+``X.altup_projections.{i}`` [T, D]; per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``,
+``self_attn`` (after o_proj), ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``mlp``,
+``post_feedforward_layernorm``, ``altup`` (the corrected active stream times correct_output_scale),
+``per_layer_input_gate``, ``per_layer_projection``, ``post_per_layer_input_norm`` (all [T, D] or [T, P]),
+then ``X.layers.{l}`` [K, T, D] (the layer's output streams); ``X.altup_unembed_projections.{i}`` [T, D],
+``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Each is the output of
+the reference module of that name (a forward hook there gives the same array).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import altup as altup_mod
+from .attention import attention_mask, layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
+from .checkpoint import Checkpoint, text_weight_shapes
+from .config import FULL, SLIDING, TextConfig
+from .errors import InputError
+from .kv_cache import KVCache
+from .kv_share import kv_sharing_modes
+from .laurel import laurel
+from .mlp import mlp
+from .ops import gelu_tanh, linear, rms_norm, softcap
+from .ple import per_layer_inputs
+
+
+@dataclass
+class TextModel:
+    """What a forward pass needs; no mutable state (the checkpoint only caches tensors it converted)."""
+
+    cfg: TextConfig
+    ckpt: Checkpoint
+    prefix: str              # "model.language_model." (multimodal checkpoint) or "model." (Gemma3nForCausalLM)
+
+    @property
+    def dtype(self):
+        return self.ckpt.dtype
+
+    def params(self, sub: str = ""):
+        """The tensors under ``prefix + sub`` keyed by the rest of their name."""
+        return self.ckpt.params(self.prefix + sub) if sub else _RootParams(self)
+
+
+class _RootParams(Mapping):
+    """The text model's own top-level tensors (``norm.weight``, ``altup_projections.0.weight`` ...)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getitem__(self, key):
+        return self.model.ckpt.get(self.model.prefix + key)
+
+    def __iter__(self):
+        n = len(self.model.prefix)
+        return iter([k[n:] for k in self.model.ckpt.names if k.startswith(self.model.prefix)])
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
+    """Open a checkpoint directory (or wrap an open ``Checkpoint``) and check every text tensor's shape.
+
+    dtype: float32 (default) or float64 for a directory; an open Checkpoint keeps its own dtype."""
+    if isinstance(model_dir_or_checkpoint, Checkpoint):
+        ckpt = model_dir_or_checkpoint
+    else:
+        ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
+    cfg, prefix = ckpt.config.text, ckpt.text_prefix
+    ckpt.check_shapes(text_weight_shapes(cfg, prefix))
+    return TextModel(cfg, ckpt, prefix)
+
+
+# Pieces ------------------------------------------------------------------------------------------------------
+def _sub(p, name: str):
+    """The sub-mapping of ``p`` under ``name.``: works for ``checkpoint.Params`` and plain dicts."""
+    if hasattr(p, "sub"):
+        return p.sub(name)
+    pre = name + "."
+    return {k[len(pre):]: v for k, v in p.items() if k.startswith(pre)}
+
+
+def check_input_ids(input_ids, cfg, past_length: int = 0) -> np.ndarray:
+    """Validate token ids: an integer array [B, T], ids in [0, vocab_size), fits max_position_embeddings."""
+    ids = np.asarray(input_ids)
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"input_ids must be integers, got dtype {ids.dtype}")
+    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise InputError(f"input_ids must have shape [batch, tokens] with both >= 1, got shape {list(ids.shape)}")
+    bad = (ids < 0) | (ids >= cfg.vocab_size)
+    if bad.any():
+        b, t = np.argwhere(bad)[0]
+        raise InputError(f"input_ids[{b}, {t}] = {int(ids[b, t])} is out of range: ids must lie in "
+                         f"[0, vocab_size={cfg.vocab_size})")
+    if past_length + ids.shape[1] > cfg.max_position_embeddings:
+        raise InputError(f"sequence too long: {past_length} cached + {ids.shape[1]} new tokens exceed "
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
+    return ids.astype(np.int64, copy=False)
+
+
+def embed_tokens(model: TextModel, input_ids) -> np.ndarray:
+    """``embed_tokens.weight[ids] * sqrt(D)`` (the float32 value of sqrt(D)).   [B, T] -> [B, T, D]"""
+    ids = check_input_ids(input_ids, model.cfg)
+    rows = model.ckpt.rows(model.prefix + "embed_tokens.weight", ids)          # [B, T, D]
+    return rows * rows.dtype.type(np.float32(model.cfg.hidden_size ** 0.5))   # [B, T, D]
+
+
+def positions_from_mask(attention_mask, past_length: int = 0):
+    """Position ids the reference's ``generate`` uses with left padding: ``cumsum(mask) - 1``, pads at 0.
+
+    attention_mask [B, S_total] -> position ids of the last ``S_total - past_length`` slots, [B, T]."""
+    m = np.asarray(attention_mask).astype(np.int64)
+    pos = np.where(m == 0, 0, np.cumsum(m, axis=-1) - 1)                      # [B, S_total]
+    return pos[:, past_length:]                                               # [B, T]
+
+
+def per_layer_input_branch(corrected_active, per_layer_input, p, cfg):
+    """``post_per_layer_input_norm(per_layer_projection(gelu(per_layer_input_gate(Q_0 * s)) * ple_l))``.
+
+    [B, T, D], [B, T, P] -> [B, T, D]. Only streams 1..K-1 receive it (stream 0 stays ``Q_0``)."""
+    g = corrected_active
+    if cfg.altup_correct_scale:
+        g = altup_mod.scale_corrected_output(g, _sub(p, "altup"))             # [B, T, D]
+    gate = gelu_tanh(linear(g, p["per_layer_input_gate.weight"]))             # [B, T, P]
+    gate = gate * per_layer_input                                             # [B, T, P]
+    e = linear(gate, p["per_layer_projection.weight"])                        # [B, T, D]
+    return rms_norm(e, p["post_per_layer_input_norm.weight"], cfg.rms_norm_eps), g, gate  # [B, T, D]
+
+
+def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, past_kv=None, shared_kv=None,
+                  trace=None, name=""):
+    """One decoder layer.   [K, B, T, D], [B, T, P] -> ([K, B, T, D], (k, v) [B, S, G, E] each)
+
+    ``p``: the layer's tensors (``self_attn.q_proj.weight``, ``altup.router_norm.weight`` ...). ``cos``/``sin``
+    [B, T, E] for this layer's RoPE base; ``mask`` [B|1, T, S] over the keys; ``past_kv`` this layer's cached
+    (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``trace``: dict filled under ``name``."""
+    eps, t = cfg.rms_norm_eps, streams.dtype.type
+
+    def rec(sub, x):
+        if trace is not None:
+            trace[f"{name}.{sub}" if sub else name] = np.array(x[..., 0, :, :] if x.ndim == 4 else x[0])
+
+    p_altup = _sub(p, "altup")
+    predictions = altup_mod.predict(streams, p_altup, cfg)                    # [K, B, T, D]
+    active = predictions[cfg.altup_active_idx]                                # [B, T, D]  a
+    normed = rms_norm(active, p["input_layernorm.weight"], eps)               # [B, T, D]  n
+    rec("input_layernorm", normed)
+    lau = laurel(normed, _sub(p, "laurel"), eps)                              # [B, T, D]
+    rec("laurel", lau)
+    attn, kv = self_attention(normed, _sub(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
+                              past_kv=past_kv, shared_kv=shared_kv)           # [B, T, D]
+    rec("self_attn", attn)
+    attn = rms_norm(attn, p["post_attention_layernorm.weight"], eps)          # [B, T, D]
+    rec("post_attention_layernorm", attn)
+    h = (active + attn + lau) / t(math.sqrt(2))                               # [B, T, D] (a + attn) + laurel
+    x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
+    rec("pre_feedforward_layernorm", x)
+    x = mlp(x, _sub(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
+    rec("mlp", x)
+    x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
+    rec("post_feedforward_layernorm", x)
+    out = h + x                                                               # [B, T, D]  o
+    corrected = altup_mod.correct(predictions, out, p_altup, cfg)             # [K, B, T, D]
+    e, scaled, gate = per_layer_input_branch(corrected[cfg.altup_active_idx], per_layer_input, p, cfg)  # [B, T, D]
+    if cfg.altup_correct_scale:
+        rec("altup", scaled)
+    rec("per_layer_input_gate", linear(scaled, p["per_layer_input_gate.weight"])) if trace is not None else None
+    rec("per_layer_projection", linear(gate, p["per_layer_projection.weight"])) if trace is not None else None
+    rec("post_per_layer_input_norm", e)
+    corrected = np.concatenate([corrected[:1], corrected[1:] + e[None]])      # [K, B, T, D] streams 1.. get e
+    rec("", corrected)
+    return corrected, kv
+
+
+# The forward pass ------------------------------------------------------------------------------------------
+def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=None, cache=None, trace=None,
+            position_ids=None, logits_to_keep: int = 0):
+    """Logits for ``input_ids`` [B, T] (int).   -> (logits [B, T, V] (or the last ``logits_to_keep``), cache)
+
+    inputs_embeds [B, T, D]: replaces ``embed_tokens(input_ids)`` everywhere (the multimodal merge); the PLE
+    token part still uses input_ids (ids >= vocab_size_per_layer_input read row 0).
+    attention_mask [B, S_total] of 1/0 (1 = real token, left padding), covering cache + new tokens; None = all
+    real. Query rows at pad positions attend to nothing and get a zero attention output.
+    cache: a ``KVCache`` (e.g. ``KVCache.empty(cfg, B, dtype)``) or None. With a cache, cache positions continue
+    at ``cache.length`` and a *new* KVCache is returned (the one passed in is not modified); without one, the
+    returned cache is None. KV-shared layers reuse their producer's K/V of this same call either way.
+    position_ids [B, T]: RoPE positions; default the cache positions ``cache.length + arange(T)`` (what the
+    reference's forward does). The reference's ``generate`` passes ``positions_from_mask(attention_mask)``.
+    trace: a dict to fill with named intermediate outputs for batch row 0 (names: module docstring).
+    logits_to_keep: 0 = logits at every position; n > 0 = only the last n (saves the big LM-head matmul)."""
+    cfg, dtype = model.cfg, np.dtype(model.dtype)
+    past = cache.length if cache is not None else 0
+    ids = check_input_ids(input_ids, cfg, past)
+    B, T = ids.shape
+    if cache is not None and cache.batch_size != B:
+        raise InputError(f"the cache holds {cache.batch_size} rows but input_ids has {B}")
+    root = model.params()
+    X = model.prefix.rstrip(".")
+
+    def rec(sub, x):
+        if trace is not None:
+            trace[f"{X}.{sub}" if sub != "logits" and sub != "lm_head" else sub] = np.array(x[0])
+
+    # 1. embeddings and per-layer inputs
+    if inputs_embeds is None:
+        h0 = embed_tokens(model, ids)                                          # [B, T, D]
+        rec("embed_tokens", h0)
+    else:
+        h0 = np.asarray(inputs_embeds)
+        if h0.shape != (B, T, cfg.hidden_size):
+            raise InputError(f"inputs_embeds must have shape {[B, T, cfg.hidden_size]}, got {list(h0.shape)}")
+        h0 = h0.astype(dtype, copy=False)                                     # [B, T, D]
+    table = model.prefix + "embed_tokens_per_layer.weight"
+    ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg)  # [B, T, L, P]
+    if trace is not None:
+        from .ple import ple_ids, per_layer_token_inputs
+        rows = model.ckpt.rows(table, ple_ids(ids[:1], cfg.vocab_size_per_layer_input))
+        rec("embed_tokens_per_layer", per_layer_token_inputs(rows, cfg.num_hidden_layers,
+                                                             cfg.hidden_size_per_layer_input).reshape(1, T, -1))
+        proj = linear(h0[:1], root["per_layer_model_projection.weight"])
+        rec("per_layer_model_projection", proj)
+        proj = (proj * dtype.type(np.float32(cfg.hidden_size ** -0.5))).reshape(1, T, cfg.num_hidden_layers, -1)
+        rec("per_layer_projection_norm", rms_norm(proj, root["per_layer_projection_norm.weight"], cfg.rms_norm_eps))
+
+    # 2. positions, RoPE tables and masks
+    cache_pos = past + np.arange(T)                                           # [T]
+    if position_ids is None:
+        position_ids = np.broadcast_to(cache_pos, (B, T))                     # [B, T]
+    elif np.shape(position_ids) != (B, T):
+        raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
+    rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
+    cos_sin = {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+               for lt in set(cfg.layer_types)}                                # [B, T, E] pairs
+    if attention_mask is not None:
+        key_is_real = np.asarray(attention_mask)
+        if key_is_real.shape != (B, past + T):
+            raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, past + T]}, "
+                             f"got {list(key_is_real.shape)}")
+        key_is_real = key_is_real.astype(bool)                                # [B, S_total]
+    masks = {}
+
+    def mask_for(layer_idx, k_pos):
+        key = (cfg.layer_types[layer_idx], int(k_pos[0]) if len(k_pos) else 0, len(k_pos))
+        if key not in masks:
+            real = None if attention_mask is None else key_is_real[:, k_pos]  # [B, S]
+            masks[key] = attention_mask_fn(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
+        return masks[key]                                                     # [B|1, T, S]
+
+    # 3. AltUp streams and the layers
+    streams = altup_mod.make_streams(h0, root, cfg)                           # [K, B, T, D]
+    if trace is not None:
+        for i in range(1, cfg.altup_num_inputs):
+            rec(f"altup_projections.{i - 1}", linear(h0[:1], root[f"altup_projections.{i - 1}.weight"]))
+    modes = kv_sharing_modes(cfg)
+    shared = {}                                                               # layer type -> (k, v, k_pos)
+    new_k, new_v, new_start = {}, {}, {}
+    for li in range(cfg.num_hidden_layers):
+        lt = cfg.layer_types[li]
+        past_kv, shared_kv = None, None
+        if modes[li] == "reuse":
+            k_s, v_s, k_pos = shared[lt]
+            shared_kv = (k_s, v_s)
+        else:
+            held = cache.past(li) if cache is not None else None
+            start = int(held[2][0]) if held is not None and len(held[2]) else past
+            if held is not None and held[0].shape[1]:
+                past_kv = held[:2]
+            k_pos = np.arange(start, past + T)                                # [S]
+        streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
+                                        *cos_sin[lt], mask_for(li, k_pos), past_kv, shared_kv,
+                                        trace, f"{X}.layers.{li}")
+        if modes[li] == "store":
+            shared[lt] = (k, v, k_pos)
+        if modes[li] != "reuse":
+            new_k[li], new_v[li], new_start[li] = k, v, int(k_pos[0])
+
+    # 4. collapse, norm, tied head, softcap
+    if logits_to_keep:
+        streams = streams[:, :, -logits_to_keep:]                             # [K, B, T', D]
+    if trace is not None:
+        for i in range(1, cfg.altup_num_inputs):
+            rec(f"altup_unembed_projections.{i - 1}",
+                linear(streams[i, :1], root[f"altup_unembed_projections.{i - 1}.weight"]))
+    hidden = altup_mod.collapse_streams(streams, root, cfg)                   # [B, T, D]
+    hidden = rms_norm(hidden, root["norm.weight"], cfg.rms_norm_eps)          # [B, T, D]
+    rec("norm", hidden)
+    logits = linear(hidden, root["embed_tokens.weight"])                      # [B, T, V] tied LM head
+    rec("lm_head", logits)
+    if cfg.final_logit_softcapping is not None:
+        logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
+    rec("logits", logits)
+    new_cache = cache.advanced(cfg, new_k, new_v, new_start, T) if cache is not None else None
+    return logits, new_cache
+
+
+attention_mask_fn = attention_mask   # the mask builder (the name ``attention_mask`` is forward's argument)

@@ -1,0 +1,304 @@
+"""Text generation: prompt -> token ids -> prefill -> decode loop -> streamed text. Also ``minig3n generate``.
+
+The idea, in two named phases (as in llama3.np's ``generate``):
+
+* **prefill**: one forward pass over the whole prompt fills a fresh ``KVCache`` and gives the logits of the
+  last position, from which the first new token is chosen;
+* **decode**: each new token is fed alone, with the cache returned by the previous call, until a stop token
+  (``<eos>``, ``<end_of_turn>`` or any of the config's ``eos_token_id``) or ``max_new_tokens``.
+
+Tokens are chosen by ``sampling.sample_next`` (greedy when temperature is 0). Text is streamed as it is made:
+``StreamDecoder`` decodes the growing sequence and hands out only the part that can no longer change. The text
+of a trailing run of byte-fallback pieces (``<0xE6>`` ``<0x97>`` ... of a multi-byte character) is held back
+until the run ends, so a character split over several tokens is printed once, whole. Gemma's vocabulary has no
+dummy prefix, so the space marker ``▁`` is simply a space wherever it appears (also on the first new token).
+The concatenated stream equals ``tokenizer.decode`` of the new tokens (stop token excluded).
+
+Python API: ``generate(model_dir, prompt, ...)`` yields ``(token_id, text_piece)``, the stop token included
+(with piece ""), like the reference's ``generate`` output which ends with the eos id.
+
+Source: transformers 5.24 ``GenerationMixin.generate`` / ``_sample`` (greedy when ``do_sample=False``).
+Left out: batching, beam search, speculative decoding, stop strings.
+Extension point: ``Prompt.inputs_embeds`` (the multimodal merge for ``--image`` / ``--audio``) is passed to
+the prefill; ``build_prompt`` is where images and audio enter (not implemented here yet).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .chat import chat_messages, encode_chat, render_chat
+from .errors import CheckpointError, InputError
+from .sampling import SamplingParams, sample_next
+from .tokenizer import Tokenizer
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODELS = ("nano-gemma3n", "tiny-random-gemma3n")   # the first that exists is the default --model
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def default_model_dir() -> Path:
+    """``weights/nano-gemma3n`` if it exists, else ``weights/tiny-random-gemma3n`` (relative to the repo)."""
+    for name in DEFAULT_MODELS:
+        if (WEIGHTS / name / "config.json").is_file():
+            return WEIGHTS / name
+    raise CheckpointError(f"no default model: neither {WEIGHTS / DEFAULT_MODELS[0]} nor "
+                          f"{WEIGHTS / DEFAULT_MODELS[1]} exists; pass --model DIR")
+
+
+# Streaming -----------------------------------------------------------------------------------------------
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive; the pieces concatenate to ``tokenizer.decode(ids)``.
+
+    Decoding is concatenative at every token that is not a byte piece, so text before the trailing run of
+    byte pieces is final; that run is decoded once it ends (or at ``flush``)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.pending: list[int] = []    # ids not yet turned into text: a trailing run of byte pieces
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text that became final."""
+        if self.tok.is_byte(token_id):
+            self.pending.append(int(token_id))
+            return ""
+        text = self.tok.decode(self.pending + [int(token_id)])
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        """The text of a trailing byte run (invalid UTF-8 becomes U+FFFD, as in ``decode``)."""
+        text, self.pending = self.tok.decode(self.pending), []
+        return text
+
+
+# Prompt --------------------------------------------------------------------------------------------------
+@dataclass
+class Prompt:
+    ids: list[int]
+    inputs_embeds: np.ndarray | None = None     # [T, D]: the multimodal merge, when images / audio are given
+    text: str = ""                              # the rendered prompt (chat template applied), for display
+
+
+def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str | None = None,
+                 system: str | None = None, messages=None, images=(), audio=()) -> Prompt:
+    """Token ids for a raw ``prompt`` (``<bos>`` + text), or a chat (``chat`` [+ ``system``] or ``messages``,
+    rendered with the Gemma 3n template). Exactly one of prompt / chat / messages."""
+    given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
+    if len(given) != 1:
+        raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
+    if system is not None and chat is None:
+        raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
+    if images or audio:
+        # Hook for the multimodal pipeline: render placeholders (chat.expand_media_placeholders), run the towers,
+        # merge, and return Prompt(ids, inputs_embeds). Not part of the text-only generator.
+        raise InputError("image / audio input is not supported by this generator yet")
+    for name, text in (("prompt (--prompt)", prompt), ("chat (--chat)", chat)):
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise InputError(f"{name} must be a non-empty string")
+    if prompt is not None:
+        return Prompt(tokenizer.encode(prompt, add_bos=True), text=prompt)
+    msgs = messages if messages is not None else chat_messages(chat, system)
+    text = render_chat(msgs, add_generation_prompt=True)
+    return Prompt(encode_chat(tokenizer, msgs), text=text)
+
+
+def check_max_new_tokens(max_new_tokens, prompt_len: int = 0, max_positions: int | None = None) -> int:
+    """max_new_tokens must be an integer >= 1 and fit, with the prompt, into max_position_embeddings."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens (--max-new-tokens) must be an integer >= 1, got {max_new_tokens!r}")
+    if max_positions is not None and prompt_len + max_new_tokens > max_positions:
+        raise InputError(f"max_new_tokens (--max-new-tokens) too large: {prompt_len} prompt tokens + "
+                         f"{max_new_tokens} new tokens exceed max_position_embeddings={max_positions}")
+    return int(max_new_tokens)
+
+
+# Loading -------------------------------------------------------------------------------------------------
+class _Notice:
+    """Print ``message`` to stderr if the block takes more than ``after`` seconds, then the time it took."""
+
+    def __init__(self, message: str, stream=None, after: float = 1.0):
+        self.message, self.stream, self.after, self.shown = message, stream, after, False
+
+    def _show(self):
+        self.shown = True
+        print(f"minig3n generate: {self.message} ...", file=self.stream, flush=True)
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.timer = threading.Timer(self.after, self._show) if self.stream is not None else None
+        if self.timer:
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer:
+            self.timer.cancel()
+        if self.shown and exc[0] is None:
+            print(f"minig3n generate: {self.message} done in {time.perf_counter() - self.t0:.1f} s",
+                  file=self.stream, flush=True)
+
+
+@dataclass
+class Generator:
+    """A loaded model and tokenizer (load once, generate many times)."""
+
+    model: object                   # decoder.TextModel
+    tokenizer: Tokenizer
+    stop_ids: frozenset = field(default_factory=frozenset)
+
+    def hard_token_embeds(self, ids: np.ndarray):
+        """``inputs_embeds`` for ids that include multimodal token ids, else None.   [B, T] -> [B, T, D] | None
+
+        In a multimodal checkpoint the ids at and above ``vision_config.vocab_offset`` (``<end_of_image>``,
+        ``<image_soft_token>``, ... ``<audio_soft_token>``) are not looked up in ``embed_tokens``: the reference
+        (``Gemma3nModel.forward``, input_ids path) replaces them by the hard path of ``embed_vision`` (ids in
+        [vision offset, audio offset)) or ``embed_audio`` (ids >= audio offset). A random model may generate
+        such ids, so the generator applies the same rule to prompt and generated tokens."""
+        from . import decoder
+        from .embedder import embed_hard
+        cfg = self.model.ckpt.config
+        if not cfg.is_multimodal or not (ids >= cfg.vision.vocab_offset).any():
+            return None
+        x = decoder.embed_tokens(self.model, ids)                                      # [B, T, D]
+        for tower, name, lo, hi in (
+                (cfg.vision, "embed_vision", cfg.vision.vocab_offset, cfg.audio.vocab_offset),
+                (cfg.audio, "embed_audio", cfg.audio.vocab_offset, cfg.text.vocab_size)):
+            sel = (ids >= lo) & (ids < hi)                                             # [B, T]
+            if sel.any():
+                p = self.model.ckpt.params(f"model.{name}")
+                x[sel] = embed_hard(ids[sel] - tower.vocab_offset, p, tower.rms_norm_eps, x.dtype)  # [n, D]
+        return x
+
+    @classmethod
+    def load(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
+        from . import decoder
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        if dtype not in DTYPES:
+            raise InputError(f"dtype (--dtype) must be one of {sorted(DTYPES)}, got {dtype!r}")
+        with _Notice(f"loading {model_dir}", progress):
+            if not model_dir.is_dir():
+                raise CheckpointError(f"{model_dir}: checkpoint directory not found")
+            tokenizer = Tokenizer.from_dir(model_dir)
+            model = decoder.load_text_model(model_dir, DTYPES[dtype])
+        cfg = model.cfg
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise CheckpointError(f"{model_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
+                                  f"vocab_size is {cfg.vocab_size}")
+        stop = set(cfg.eos_token_ids) | {i for i in (tokenizer.eos_id, tokenizer.end_of_turn_id) if i is not None}
+        return cls(model, tokenizer, frozenset(stop))
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 64, params: SamplingParams = SamplingParams(),
+                 stats: dict | None = None, progress=None):
+        """Yield ``(token_id, text_piece)`` for each new token; the stop token (if reached) comes last with ""."""
+        from . import decoder
+        from .kv_cache import KVCache
+        cfg = self.model.cfg
+        params.validate()
+        if not prompt.ids:
+            raise InputError("prompt (--prompt) must not be empty")
+        max_new_tokens = check_max_new_tokens(max_new_tokens, len(prompt.ids), cfg.max_position_embeddings)
+        rng = np.random.default_rng(params.seed)
+        stream = StreamDecoder(self.tokenizer)
+        ids = np.asarray([prompt.ids], dtype=np.int64)                              # [1, T]
+        embeds = (self.hard_token_embeds(ids) if prompt.inputs_embeds is None
+                  else np.asarray(prompt.inputs_embeds)[None])                        # [1, T, D] | None
+        st = stats if stats is not None else {}
+        st.update(prompt_tokens=len(prompt.ids), new_tokens=0, prefill_seconds=0.0, decode_seconds=0.0,
+                  decode_steps=0)
+
+        # prefill: the whole prompt in one call
+        t0 = time.perf_counter()
+        with _Notice(f"prefill of {len(prompt.ids)} tokens", progress):
+            logits, cache = decoder.forward(self.model, ids, inputs_embeds=embeds,
+                                            cache=KVCache.empty(cfg, 1, self.model.dtype), logits_to_keep=1)
+        token = sample_next(logits[0, -1], params, rng)
+        st["prefill_seconds"] = time.perf_counter() - t0
+
+        # decode: one token per call, reusing the cache
+        for step in range(max_new_tokens):
+            st["new_tokens"] = step + 1
+            if token in self.stop_ids:
+                yield token, stream.flush()       # the stop token has no text; flush a pending byte run
+                return
+            piece = stream.push(token)
+            if step == max_new_tokens - 1:
+                piece += stream.flush()
+                yield token, piece
+                return
+            yield token, piece
+            t0 = time.perf_counter()
+            step_ids = np.asarray([[token]], dtype=np.int64)                            # [1, 1]
+            logits, cache = decoder.forward(self.model, step_ids, inputs_embeds=self.hard_token_embeds(step_ids),
+                                            cache=cache, logits_to_keep=1)              # [1, 1, V]
+            token = sample_next(logits[0, -1], params, rng)
+            st["decode_seconds"] += time.perf_counter() - t0
+            st["decode_steps"] += 1
+
+
+def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = None, system: str | None = None,
+             messages=None, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int | None = None, dtype: str = "float32", stats: dict | None = None, progress=None):
+    """Generate from a checkpoint directory (default: ``default_model_dir()``); yields ``(token_id, text_piece)``.
+
+    ``prompt`` is raw text (``<bos>`` is added); ``chat`` (+ optional ``system``) or ``messages`` go through the
+    Gemma 3n chat template. ``stats`` (a dict) receives prompt_tokens, new_tokens, prefill/decode seconds.
+    Arguments are checked before the model is loaded; bad values raise ``InputError`` naming the argument."""
+    params = SamplingParams(temperature, top_k, top_p, seed).validate()
+    check_max_new_tokens(max_new_tokens)
+    if prompt is not None and isinstance(prompt, str) and not prompt.strip():
+        raise InputError("prompt (--prompt) must be a non-empty string")
+    gen = Generator.load(model_dir, dtype, progress)
+    built = build_prompt(gen.tokenizer, prompt, chat=chat, system=system, messages=messages)
+    yield from gen.generate(built, max_new_tokens, params, stats, progress)
+
+
+# Command line --------------------------------------------------------------------------------------------
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="checkpoint directory (default: weights/nano-gemma3n if present, else "
+                             "weights/tiny-random-gemma3n)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", metavar="TEXT", help="raw prompt: <bos> + TEXT, continued as is")
+    what.add_argument("--chat", metavar="TEXT", help="a user message, wrapped in the Gemma 3n chat template")
+    parser.add_argument("--system", metavar="TEXT", help="system prompt (with --chat)")
+    # extension point: --image PATH / --audio PATH are added by the multimodal pipeline (see build_prompt)
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="at most N new tokens (64)")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                        help="sampling temperature; 0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                        help="nucleus sampling: keep the most likely tokens up to total probability P (1 = off)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="working precision")
+
+
+def run_generate(args) -> int:
+    stats: dict = {}
+    out = sys.stdout
+    for _, piece in generate(args.model, args.prompt, chat=args.chat, system=args.system,
+                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed, dtype=args.dtype, stats=stats,
+                             progress=sys.stderr):
+        if piece:
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    out.flush()
+    print(format_stats(stats), file=sys.stderr)
+    return 0
+
+
+def format_stats(st: dict) -> str:
+    prefill = st["prompt_tokens"] / st["prefill_seconds"] if st.get("prefill_seconds") else math.inf
+    decode = st["decode_steps"] / st["decode_seconds"] if st.get("decode_seconds") else 0.0
+    return (f"prompt tokens: {st['prompt_tokens']}, new tokens: {st['new_tokens']}, "
+            f"prefill: {prefill:.1f} tokens/s, decode: {decode:.1f} tokens/s")

@@ -1,0 +1,53 @@
+"""The gated MLP with Gaussian top-k activation sparsity.
+
+The idea: a GeGLU feed-forward, ``down(gelu_tanh(gate(x)) * up(x))``, where on the first layers (sparsity
+s > 0, 0.95 on layers 0..9 of E2B/E4B) the gate pre-activation is first shifted down by
+``mean + std * Phi^-1(s)`` (statistics over the I axis, per token, population std) and ReLU'd. If the gate
+values were Gaussian, this keeps the top (1 - s) = 5% of them; no sorting is needed. GELU is applied to the
+shifted, ReLU'd value (not a mask on gelu(gate)). Each layer may have its own intermediate size I
+(MatFormer sub-models narrow them).
+
+Source: transformers 5.24 ``Gemma3nTextMLP`` / ``_gaussian_topk``; the "Spark Transformer" statistical
+top-k (Gemma 3n tech report); numerics doc section 1.7.
+Left out: nothing used at inference.
+
+The z-score Phi^-1(s) is the reference's float32 value, computed the way torch does
+(``Normal(0, 1).icdf(float32 s) = erfinv(2 s - 1) * sqrt(2)`` in float32), e.g. 1.6448535919189453 for 0.95
+(the exact value is 1.6448536269514722). ``std_multiplier`` reproduces torch's value bit for bit for 0.95 and
+for all but 3 of 990 values of s on a 0.001 grid (those 3 are 1 ulp off).
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from .ops import gelu_tanh, linear
+
+
+def std_multiplier(sparsity: float) -> np.float32:
+    """Phi^-1(sparsity) as the reference's float32 constant (see the module docstring)."""
+    f = np.float32
+    y = f(2.0) * f(sparsity) - f(1.0)                                         # float32 2s - 1 (exact)
+    erfinv = f(NormalDist().inv_cdf((float(y) + 1.0) / 2.0) / math.sqrt(2.0))  # correctly rounded erfinv(y)
+    return f(erfinv * f(math.sqrt(2.0)))
+
+
+def gaussian_topk(gate, sparsity: float):
+    """``relu(gate - (mean + std * Phi^-1(s)))`` over the last axis.   [B, T, I] -> [B, T, I]"""
+    z = gate.dtype.type(std_multiplier(sparsity))
+    mean = np.mean(gate, axis=-1, keepdims=True)                              # [B, T, 1]
+    std = np.sqrt(np.mean(np.square(gate - mean), axis=-1, keepdims=True))    # [B, T, 1] population std
+    return np.maximum(gate - (mean + std * z), gate.dtype.type(0.0))          # [B, T, I]
+
+
+def mlp(x, p, sparsity: float = 0.0):
+    """``down_proj(gelu_tanh(sparsify(gate_proj(x))) * up_proj(x))``.   [B, T, D] -> [B, T, D]
+
+    ``p``: ``gate_proj.weight`` [I, D], ``up_proj.weight`` [I, D], ``down_proj.weight`` [D, I]."""
+    gate = linear(x, p["gate_proj.weight"])                                   # [B, T, I]
+    if sparsity > 0.0:
+        gate = gaussian_topk(gate, sparsity)                                  # [B, T, I]
+    up = linear(x, p["up_proj.weight"])                                       # [B, T, I]
+    return linear(gelu_tanh(gate) * up, p["down_proj.weight"])                # [B, T, D]

@@ -1,0 +1,86 @@
+"""``minig3n trace``: run one sequence and write every named activation to a .safetensors file.
+
+The idea: to check your own Gemma 3n port, dump the same activations from both implementations and let
+``minig3n compare`` find the first module where they part. The names are the reference's module paths
+(``model.language_model.layers.4.laurel``; the list is in ``decoder.py``'s docstring), with the batch axis
+dropped, plus ``logits``. The file's metadata holds ``order`` (a JSON list of the names in forward order),
+``ids``, ``dtype`` and ``model``.
+
+    minig3n trace --model weights/tiny-random-gemma3n --ids 2,17,5 --out ours.safetensors --dtype float64
+    python -m tests.reference.trace_reference --model weights/tiny-random-gemma3n --ids 2,17,5 \
+        --out ref.safetensors --dtype float64
+    minig3n compare ref.safetensors ours.safetensors --rtol 1e-10
+
+Source: the reference's module tree (transformers 5.24 ``Gemma3nForCausalLM`` / ``Gemma3nForConditionalGeneration``).
+Left out here: images and audio (``trace_text`` is the text part; a multimodal tracer adds its own names).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import InputError
+
+
+def trace_text(model, ids, dtype=None) -> dict:
+    """Forward ``ids`` (a list of ints: one sequence) through the text decoder and return {name: array} in
+    forward order, every traced module output for that sequence plus ``logits`` [T, V]. ``dtype`` (optional)
+    must match the model's working dtype; it is only checked."""
+    from .decoder import forward
+    if dtype is not None and np.dtype(dtype) != np.dtype(model.dtype):
+        raise InputError(f"trace_text: the model computes in {np.dtype(model.dtype).name}, not {np.dtype(dtype).name}")
+    trace: dict = {}
+    forward(model, np.asarray([list(ids)], dtype=np.int64), trace=trace)
+    return trace
+
+
+def parse_ids(text: str) -> list[int]:
+    """'2,17,5' -> [2, 17, 5]; anything else -> InputError naming the bad item."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise InputError(f"--ids: '{item}' is not an integer (expected comma-separated ids like 2,17,5)") from None
+    if not out:
+        raise InputError("--ids: no token ids given (expected comma-separated ids like 2,17,5)")
+    return out
+
+
+def write_trace(path, trace: dict, **metadata) -> None:
+    from .checkpoint import save_safetensors
+    meta = {"order": json.dumps(list(trace)), **{k: v if isinstance(v, str) else json.dumps(v)
+                                                 for k, v in metadata.items()}}
+    save_safetensors(path, {k: np.ascontiguousarray(v) for k, v in trace.items()}, meta)
+
+
+def add_trace_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text to tokenize (with BOS) with the checkpoint's tokenizer.model")
+    src.add_argument("--ids", help="comma-separated token ids, e.g. 2,17,5")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="working precision (float64 = exact arithmetic for comparisons; default float32)")
+
+
+def run_trace(args) -> int:
+    from pathlib import Path
+
+    from .decoder import load_text_model
+    if not Path(args.out).resolve().parent.is_dir():
+        raise InputError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
+    if args.ids is not None:
+        ids = parse_ids(args.ids)
+    else:
+        from .tokenizer import Tokenizer   # only this branch needs a tokenizer
+        ids = Tokenizer.from_dir(args.model).encode(args.prompt, add_bos=True)
+    model = load_text_model(args.model, np.dtype(args.dtype))
+    trace = trace_text(model, ids, args.dtype)
+    write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n")
+    print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {args.dtype}) to {args.out}")
+    return 0

@@ -1,0 +1,83 @@
+"""The seam between the vision tests and minig3n.mobilenetv5 / minig3n.image (swap these bodies to grade
+another implementation). Arrays are NCHW; ``p`` maps timm state-dict names (relative to the module at hand)
+to arrays; ``vision_cfg`` is a ``minig3n.config.VisionConfig`` or a dict of its keys."""
+from __future__ import annotations
+
+from minig3n import image, mobilenetv5 as mv
+
+
+def run_same_padding(n, k, stride, dilation=1) -> tuple:
+    return mv.same_padding(n, k, stride, dilation)
+
+
+def run_conv2d(x, w, stride=1, dilation=1, bias=None):
+    return mv.conv2d(x, w, stride, dilation, bias)
+
+
+def run_depthwise_conv2d(x, w, stride=1, dilation=1):
+    return mv.depthwise_conv2d(x, w, stride, dilation)
+
+
+def run_rms_norm2d(x, w, eps=1e-6):
+    return mv.rms_norm2d(x, w, eps)
+
+
+def run_make_divisible(v) -> int:
+    return mv.make_divisible(v)
+
+
+def run_block_summary(vision_cfg) -> list:
+    """[[(kind, in, out, stride, dilation, has_skip, mid, dw_start, dw_mid, dw_end, heads, key_dim, kv_stride),
+    ...] per stage], plus the stem width and the MSFA (taps, in, mid, out, resolution) as the last entry."""
+    s = mv.encoder_spec(vision_cfg)
+    stages = [[(b.kind, b.in_chs, b.out_chs, b.stride, b.dilation, b.has_skip, b.mid_chs, b.dw_start, b.dw_mid,
+                b.dw_end, b.num_heads, b.key_dim, b.kv_stride) for b in st] for st in s.stages]
+    return stages + [(s.stem_chs, tuple(s.msfa_taps), s.msfa_in_chs, s.msfa_mid_chs, s.msfa_out_chs,
+                      tuple(s.msfa_resolution))]
+
+
+def run_weight_shapes(vision_cfg, prefix="") -> dict:
+    return mv.vision_weight_shapes(vision_cfg, prefix)
+
+
+def run_stem(x, p):
+    """p: the tensors under ``conv_stem`` (``conv.weight``, ``conv.bias``, ``bn.weight``)."""
+    return mv.stem(x, p)
+
+
+def run_block(x, p, vision_cfg, stage: int, index: int):
+    """Block ``blocks.<stage>.<index>`` of the encoder described by ``vision_cfg``; p: its tensors."""
+    b = mv.encoder_spec(vision_cfg).stages[stage][index]
+    return mv.BLOCKS[b.kind](x, p, b)
+
+
+def run_msfa(features, p, vision_cfg):
+    """features: the tapped stage outputs, finest first; p: the tensors under ``msfa``."""
+    return mv.msfa(features, p, mv.encoder_spec(vision_cfg))
+
+
+def run_vision_encoder(pixel_values, p, vision_cfg, trace=None):
+    """The whole tower; ``trace`` receives outputs keyed by their path relative to ``timm_model``
+    (``conv_stem``, ``blocks.s.b``, ``msfa``)."""
+    raw = {} if trace is not None else None
+    out = mv.vision_encoder(pixel_values, p, vision_cfg, trace=raw, prefix="")
+    if trace is not None:
+        trace.update({k[1:]: v for k, v in raw.items()})
+    return out
+
+
+def run_image_soft_tokens(features, p_embed_vision, vision_cfg=None):
+    return mv.image_soft_tokens(features, p_embed_vision, vision_cfg)
+
+
+def run_preprocess_image(img, config=None):
+    """One image (path, PIL image or array) -> float32 [3, H, W]."""
+    return image.preprocess_image(img, config)
+
+
+def run_preprocess_images(images, config=None):
+    return image.preprocess_images(images, config)
+
+
+def run_load_image_config(source=None):
+    return image.load_image_config(source)
