@@ -52,7 +52,7 @@ def rope_inv_freq(base: float, head_dim: int) -> np.ndarray:
 
 def rope_cos_sin(position_ids, inv_freq, dtype):
     """cos and sin of ``position * inv_freq``, duplicated over both halves.   [B, T] -> [B, T, E], [B, T, E]"""
-    pos = np.asarray(position_ids)
+    pos = np.asarray(position_ids)                                            # [B, T]
     if np.dtype(dtype) == np.float32:
         angles = pos.astype(np.float32)[..., None] * inv_freq                 # [B, T, E/2] float32 product
         angles = angles.astype(np.float64)                                    # cos/sin rounded from float64

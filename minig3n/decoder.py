@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import altup as altup_mod
-from .attention import attention_mask, layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
+from .attention import attention_mask as build_mask
+from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
 from .checkpoint import Checkpoint, text_weight_shapes
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError
@@ -47,7 +48,7 @@ from .kv_share import kv_sharing_modes
 from .laurel import laurel
 from .mlp import mlp
 from .ops import gelu_tanh, linear, rms_norm, softcap
-from .ple import per_layer_inputs
+from .ple import per_layer_inputs, per_layer_token_inputs, ple_ids
 
 
 @dataclass
@@ -87,9 +88,13 @@ class _RootParams(Mapping):
 def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
     """Open a checkpoint directory (or wrap an open ``Checkpoint``) and check every text tensor's shape.
 
-    dtype: float32 (default) or float64 for a directory; an open Checkpoint keeps its own dtype."""
+    dtype: float32 (default) or float64 for a directory; an open Checkpoint computes in its own dtype (passing
+    another one is an error)."""
     if isinstance(model_dir_or_checkpoint, Checkpoint):
         ckpt = model_dir_or_checkpoint
+        if dtype is not None and np.dtype(dtype) != ckpt.dtype:
+            raise InputError(f"load_text_model: the checkpoint was opened as {ckpt.dtype.name}, not "
+                             f"{np.dtype(dtype).name}; open it with Checkpoint(dir, dtype)")
     else:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
@@ -108,12 +113,12 @@ def _sub(p, name: str):
 
 def check_input_ids(input_ids, cfg, past_length: int = 0) -> np.ndarray:
     """Validate token ids: an integer array [B, T], ids in [0, vocab_size), fits max_position_embeddings."""
-    ids = np.asarray(input_ids)
+    ids = np.asarray(input_ids)                                               # [B, T]
     if ids.dtype.kind not in "iu":
         raise InputError(f"input_ids must be integers, got dtype {ids.dtype}")
     if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
         raise InputError(f"input_ids must have shape [batch, tokens] with both >= 1, got shape {list(ids.shape)}")
-    bad = (ids < 0) | (ids >= cfg.vocab_size)
+    bad = (ids < 0) | (ids >= cfg.vocab_size)                                 # [B, T]
     if bad.any():
         b, t = np.argwhere(bad)[0]
         raise InputError(f"input_ids[{b}, {t}] = {int(ids[b, t])} is out of range: ids must lie in "
@@ -135,22 +140,29 @@ def positions_from_mask(attention_mask, past_length: int = 0):
     """Position ids the reference's ``generate`` uses with left padding: ``cumsum(mask) - 1``, pads at 0.
 
     attention_mask [B, S_total] -> position ids of the last ``S_total - past_length`` slots, [B, T]."""
-    m = np.asarray(attention_mask).astype(np.int64)
+    m = np.asarray(attention_mask).astype(np.int64)                           # [B, S_total]
     pos = np.where(m == 0, 0, np.cumsum(m, axis=-1) - 1)                      # [B, S_total]
     return pos[:, past_length:]                                               # [B, T]
 
 
-def per_layer_input_branch(corrected_active, per_layer_input, p, cfg):
+def per_layer_input_branch(corrected_active, per_layer_input, p, cfg, rec=None):
     """``post_per_layer_input_norm(per_layer_projection(gelu(per_layer_input_gate(Q_0 * s)) * ple_l))``.
 
-    [B, T, D], [B, T, P] -> [B, T, D]. Only streams 1..K-1 receive it (stream 0 stays ``Q_0``)."""
-    g = corrected_active
+    [B, T, D], [B, T, P] -> [B, T, D]. Only streams 1..K-1 receive it (stream 0 stays ``Q_0``).
+    ``rec(name, array)``, if given, receives the named intermediates (for ``trace``)."""
+    rec = rec or (lambda name, x: None)
+    g = corrected_active                                                      # [B, T, D]
     if cfg.altup_correct_scale:
         g = altup_mod.scale_corrected_output(g, _sub(p, "altup"))             # [B, T, D]
-    gate = gelu_tanh(linear(g, p["per_layer_input_gate.weight"]))             # [B, T, P]
-    gate = gate * per_layer_input                                             # [B, T, P]
+        rec("altup", g)
+    gate = linear(g, p["per_layer_input_gate.weight"])                        # [B, T, P]
+    rec("per_layer_input_gate", gate)
+    gate = gelu_tanh(gate) * per_layer_input                                  # [B, T, P]
     e = linear(gate, p["per_layer_projection.weight"])                        # [B, T, D]
-    return rms_norm(e, p["post_per_layer_input_norm.weight"], cfg.rms_norm_eps), g, gate  # [B, T, D]
+    rec("per_layer_projection", e)
+    e = rms_norm(e, p["post_per_layer_input_norm.weight"], cfg.rms_norm_eps)  # [B, T, D]
+    rec("post_per_layer_input_norm", e)
+    return e
 
 
 def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, past_kv=None, shared_kv=None,
@@ -162,9 +174,9 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``trace``: dict filled under ``name``."""
     eps, t = cfg.rms_norm_eps, streams.dtype.type
 
-    def rec(sub, x):
+    def rec(sub, x):   # trace: batch row 0 under the reference's module name
         if trace is not None:
-            trace[f"{name}.{sub}" if sub else name] = np.array(x[..., 0, :, :] if x.ndim == 4 else x[0])
+            trace[f"{name}.{sub}" if sub else name] = np.array(x[:, 0] if sub == "" else x[0])
 
     p_altup = _sub(p, "altup")
     predictions = altup_mod.predict(streams, p_altup, cfg)                    # [K, B, T, D]
@@ -187,12 +199,7 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     rec("post_feedforward_layernorm", x)
     out = h + x                                                               # [B, T, D]  o
     corrected = altup_mod.correct(predictions, out, p_altup, cfg)             # [K, B, T, D]
-    e, scaled, gate = per_layer_input_branch(corrected[cfg.altup_active_idx], per_layer_input, p, cfg)  # [B, T, D]
-    if cfg.altup_correct_scale:
-        rec("altup", scaled)
-    rec("per_layer_input_gate", linear(scaled, p["per_layer_input_gate.weight"])) if trace is not None else None
-    rec("per_layer_projection", linear(gate, p["per_layer_projection.weight"])) if trace is not None else None
-    rec("post_per_layer_input_norm", e)
+    e = per_layer_input_branch(corrected[cfg.altup_active_idx], per_layer_input, p, cfg, rec)  # [B, T, D]
     corrected = np.concatenate([corrected[:1], corrected[1:] + e[None]])      # [K, B, T, D] streams 1.. get e
     rec("", corrected)
     return corrected, kv
@@ -238,14 +245,14 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         h0 = h0.astype(dtype, copy=False)                                     # [B, T, D]
     table = model.prefix + "embed_tokens_per_layer.weight"
     ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg)  # [B, T, L, P]
-    if trace is not None:
-        from .ple import ple_ids, per_layer_token_inputs
-        rows = model.ckpt.rows(table, ple_ids(ids[:1], cfg.vocab_size_per_layer_input))
+    if trace is not None:   # the reference's PLE sub-modules, recomputed for row 0
+        rows = model.ckpt.rows(table, ple_ids(ids[:1], cfg.vocab_size_per_layer_input))  # [1, T, L*P]
         rec("embed_tokens_per_layer", per_layer_token_inputs(rows, cfg.num_hidden_layers,
                                                              cfg.hidden_size_per_layer_input).reshape(1, T, -1))
-        proj = linear(h0[:1], root["per_layer_model_projection.weight"])
+        proj = linear(h0[:1], root["per_layer_model_projection.weight"])      # [1, T, L*P]
         rec("per_layer_model_projection", proj)
-        proj = (proj * dtype.type(np.float32(cfg.hidden_size ** -0.5))).reshape(1, T, cfg.num_hidden_layers, -1)
+        proj = proj * dtype.type(np.float32(cfg.hidden_size ** -0.5))        # [1, T, L*P]
+        proj = proj.reshape(1, T, cfg.num_hidden_layers, -1)                   # [1, T, L, P]
         rec("per_layer_projection_norm", rms_norm(proj, root["per_layer_projection_norm.weight"], cfg.rms_norm_eps))
 
     # 2. positions, RoPE tables and masks
@@ -258,7 +265,7 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     cos_sin = {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
                for lt in set(cfg.layer_types)}                                # [B, T, E] pairs
     if attention_mask is not None:
-        key_is_real = np.asarray(attention_mask)
+        key_is_real = np.asarray(attention_mask)                              # [B, S_total]
         if key_is_real.shape != (B, past + T):
             raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, past + T]}, "
                              f"got {list(key_is_real.shape)}")
@@ -269,7 +276,7 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         key = (cfg.layer_types[layer_idx], int(k_pos[0]) if len(k_pos) else 0, len(k_pos))
         if key not in masks:
             real = None if attention_mask is None else key_is_real[:, k_pos]  # [B, S]
-            masks[key] = attention_mask_fn(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
+            masks[key] = build_mask(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
         return masks[key]                                                     # [B|1, T, S]
 
     # 3. AltUp streams and the layers
@@ -318,5 +325,3 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     new_cache = cache.advanced(cfg, new_k, new_v, new_start, T) if cache is not None else None
     return logits, new_cache
 
-
-attention_mask_fn = attention_mask   # the mask builder (the name ``attention_mask`` is forward's argument)

@@ -20,7 +20,7 @@ Python API: ``generate(model_dir, prompt, ...)`` yields ``(token_id, text_piece)
 Source: transformers 5.24 ``GenerationMixin.generate`` / ``_sample`` (greedy when ``do_sample=False``).
 Left out: batching, beam search, speculative decoding, stop strings.
 Extension point: ``Prompt.inputs_embeds`` (the multimodal merge for ``--image`` / ``--audio``) is passed to
-the prefill; ``build_prompt`` is where images and audio enter (not implemented here yet).
+the prefill; ``build_prompt`` is where images and audio enter (``multimodal.media_prompt``).
 """
 from __future__ import annotations
 
@@ -45,10 +45,14 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def default_model_dir() -> Path:
-    """``weights/nano-gemma3n`` if it exists, else ``weights/tiny-random-gemma3n`` (relative to the repo)."""
+    """``weights/nano-gemma3n`` if it holds a complete checkpoint (config, weights, tokenizer), else
+    ``weights/tiny-random-gemma3n`` (both relative to the repository)."""
     for name in DEFAULT_MODELS:
-        if (WEIGHTS / name / "config.json").is_file():
-            return WEIGHTS / name
+        d = WEIGHTS / name
+        complete = (d / "config.json").is_file() and (d / "tokenizer.model").is_file() and (
+            (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
+        if complete:                    # a directory still being written (e.g. during training) is skipped
+            return d
     raise CheckpointError(f"no default model: neither {WEIGHTS / DEFAULT_MODELS[0]} nor "
                           f"{WEIGHTS / DEFAULT_MODELS[1]} exists; pass --model DIR")
 
@@ -88,18 +92,25 @@ class Prompt:
 
 
 def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str | None = None,
-                 system: str | None = None, messages=None, images=(), audio=()) -> Prompt:
+                 system: str | None = None, messages=None, images=(), audio=(), model=None) -> Prompt:
     """Token ids for a raw ``prompt`` (``<bos>`` + text), or a chat (``chat`` [+ ``system``] or ``messages``,
-    rendered with the Gemma 3n template). Exactly one of prompt / chat / messages."""
+    rendered with the Gemma 3n template). Exactly one of prompt / chat / messages.
+    With ``images`` / ``audio`` (or media parts in ``messages``) the prompt goes through the multimodal processor
+    and towers (``multimodal.media_prompt``; needs ``model``, the loaded ``decoder.TextModel``)."""
     given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
     if len(given) != 1:
         raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
     if system is not None and chat is None:
         raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
-    if images or audio:
-        # Hook for the multimodal pipeline: render placeholders (chat.expand_media_placeholders), run the towers,
-        # merge, and return Prompt(ids, inputs_embeds). Not part of the text-only generator.
-        raise InputError("image / audio input is not supported by this generator yet")
+    from .processor import messages_have_media
+    placeholders = isinstance(prompt, str) and ("<image_soft_token>" in prompt or "<audio_soft_token>" in prompt)
+    if images or audio or messages_have_media(messages) or placeholders:   # placeholders: counts are checked
+        from .multimodal import media_prompt
+        if model is None:
+            raise InputError("image / audio input needs the loaded model (build_prompt(..., model=...))")
+        ids, embeds, text = media_prompt(model, prompt=prompt, chat=chat, system=system, messages=messages,
+                                         images=images, audio=audio)
+        return Prompt(ids, embeds, text)
     for name, text in (("prompt (--prompt)", prompt), ("chat (--chat)", chat)):
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise InputError(f"{name} must be a non-empty string")
@@ -246,18 +257,21 @@ class Generator:
 
 def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = None, system: str | None = None,
              messages=None, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, dtype: str = "float32", stats: dict | None = None, progress=None):
+             seed: int | None = None, dtype: str = "float32", stats: dict | None = None, progress=None,
+             images=(), audio=()):
     """Generate from a checkpoint directory (default: ``default_model_dir()``); yields ``(token_id, text_piece)``.
 
     ``prompt`` is raw text (``<bos>`` is added); ``chat`` (+ optional ``system``) or ``messages`` go through the
     Gemma 3n chat template. ``stats`` (a dict) receives prompt_tokens, new_tokens, prefill/decode seconds.
-    Arguments are checked before the model is loaded; bad values raise ``InputError`` naming the argument."""
+    A generator: nothing runs until the first item is asked for. Then the arguments are checked before the model
+    is loaded; bad values raise ``InputError`` naming the argument (and its command-line flag)."""
     params = SamplingParams(temperature, top_k, top_p, seed).validate()
     check_max_new_tokens(max_new_tokens)
     if prompt is not None and isinstance(prompt, str) and not prompt.strip():
         raise InputError("prompt (--prompt) must be a non-empty string")
     gen = Generator.load(model_dir, dtype, progress)
-    built = build_prompt(gen.tokenizer, prompt, chat=chat, system=system, messages=messages)
+    built = build_prompt(gen.tokenizer, prompt, chat=chat, system=system, messages=messages, images=images,
+                         audio=audio, model=gen.model)
     yield from gen.generate(built, max_new_tokens, params, stats, progress)
 
 
@@ -270,7 +284,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--prompt", metavar="TEXT", help="raw prompt: <bos> + TEXT, continued as is")
     what.add_argument("--chat", metavar="TEXT", help="a user message, wrapped in the Gemma 3n chat template")
     parser.add_argument("--system", metavar="TEXT", help="system prompt (with --chat)")
-    # extension point: --image PATH / --audio PATH are added by the multimodal pipeline (see build_prompt)
+    parser.add_argument("--image", metavar="PATH", action="append", default=[],
+                        help="an image file (repeatable); with --prompt, write one <image_soft_token> where each "
+                             "goes; with --chat, the images are attached to the user turn")
+    parser.add_argument("--audio", metavar="PATH", action="append", default=[],
+                        help="a WAV file; with --prompt, write <audio_soft_token> where it goes; at most one "
+                             "target clip (more only as few-shot clips in earlier turns of a --prompt)")
     parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="at most N new tokens (64)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
                         help="sampling temperature; 0 = greedy (default)")
@@ -287,7 +306,7 @@ def run_generate(args) -> int:
     for _, piece in generate(args.model, args.prompt, chat=args.chat, system=args.system,
                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, seed=args.seed, dtype=args.dtype, stats=stats,
-                             progress=sys.stderr):
+                             progress=sys.stderr, images=args.image, audio=args.audio):
         if piece:
             out.write(piece)
             out.flush()

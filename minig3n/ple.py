@@ -25,7 +25,7 @@ from .ops import linear, rms_norm
 
 def ple_ids(input_ids, vocab_size_per_layer_input: int):
     """Ids the PLE table can look up: ids outside ``[0, U)`` become 0.   [B, T] -> [B, T]"""
-    input_ids = np.asarray(input_ids)
+    input_ids = np.asarray(input_ids)                                         # [B, T]
     in_table = (input_ids >= 0) & (input_ids < vocab_size_per_layer_input)   # [B, T]
     return np.where(in_table, input_ids, 0)                                   # [B, T]
 

@@ -63,6 +63,12 @@ def add_trace_arguments(parser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="text to tokenize (with BOS) with the checkpoint's tokenizer.model")
     src.add_argument("--ids", help="comma-separated token ids, e.g. 2,17,5")
+    src.add_argument("--chat", help="a user message, wrapped in the Gemma 3n chat template (media attached to it)")
+    parser.add_argument("--system", help="system prompt (with --chat)")
+    parser.add_argument("--image", metavar="PATH", action="append", default=[],
+                        help="an image file (repeatable; with --prompt write one <image_soft_token> per image)")
+    parser.add_argument("--audio", metavar="PATH", action="append", default=[],
+                        help="a WAV file (with --prompt write <audio_soft_token> where it goes)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="working precision (float64 = exact arithmetic for comparisons; default float32)")
@@ -74,6 +80,11 @@ def run_trace(args) -> int:
     from .decoder import load_text_model
     if not Path(args.out).resolve().parent.is_dir():
         raise InputError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
+    media = getattr(args, "image", None) or getattr(args, "audio", None)
+    placeholders = args.prompt is not None and any(ph in args.prompt for ph in ("<image_soft_token>",
+                                                                                "<audio_soft_token>"))
+    if media or getattr(args, "chat", None) is not None or placeholders:
+        return run_trace_multimodal(args)
     if args.ids is not None:
         ids = parse_ids(args.ids)
     else:
@@ -83,4 +94,35 @@ def run_trace(args) -> int:
     trace = trace_text(model, ids, args.dtype)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n")
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {args.dtype}) to {args.out}")
+    return 0
+
+
+def trace_multimodal(model, inputs) -> dict:
+    """Forward processed inputs (``processor.ModelInputs``) through ``multimodal.forward`` and return {name: array}
+    in forward order: the towers' module outputs (batch axis kept: every image / clip), the embedders' soft
+    outputs, then the text decoder's names (batch row 0) and ``logits`` [T, V]."""
+    from .multimodal import forward
+    trace: dict = {}
+    forward(model, inputs.input_ids, pixel_values=inputs.pixel_values, input_features=inputs.input_features,
+            input_features_mask=inputs.input_features_mask, trace=trace)
+    return trace
+
+
+def run_trace_multimodal(args) -> int:
+    """``minig3n trace`` with --chat and/or --image / --audio: processor -> towers -> merge -> decoder."""
+    from .multimodal import load_multimodal_model
+    from .processor import Processor, process
+    if args.ids is not None:
+        raise InputError("--ids cannot be combined with --image / --audio: give --prompt (with placeholders) or --chat")
+    if args.system is not None and args.chat is None:
+        raise InputError("--system needs --chat")
+    inputs = process(Processor.from_dir(args.model), prompt=args.prompt, chat=args.chat, system=args.system,
+                     images=args.image, audio=args.audio)
+    model = load_multimodal_model(args.model, np.dtype(args.dtype))
+    trace = trace_multimodal(model, inputs)
+    ids = [int(i) for i in inputs.input_ids[0]]
+    write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
+                images=[str(i) for i in args.image], audio=[str(a) for a in args.audio])
+    print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {len(args.image)} image(s), {len(args.audio)} audio "
+          f"clip(s), {args.dtype}) to {args.out}")
     return 0

@@ -132,3 +132,12 @@ def test_prompts_tokenize_as_the_reference_did():
         ids = g.inputs[f"prompt_{i}"].astype(np.int64).tolist()
         assert adapter.run_encode(NANO, text) == ids
         assert adapter.run_decode(NANO, ids[1:]) == text
+
+
+def test_generate_defaults_to_nano_and_is_greedy_like_the_reference():
+    """``minig3n generate --prompt TEXT`` (no --model): the nano checkpoint, greedy, the reference's tokens."""
+    g = load_golden("nano_greedy")
+    assert Path(adapter.run_default_model_dir()).resolve() == NANO.resolve()
+    ids, text = adapter.run_generate(g.meta["prompts"][1], g.meta["new_tokens"])
+    assert ids == g.out32["greedy_1"].astype(np.int64).tolist()
+    assert text == adapter.run_decode(NANO, [t for t in ids if t != 1])

@@ -267,3 +267,35 @@ def test_wrong_tensor_shape_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**g.meta["config"], "model_type": "gemma3n_text"}))
     with pytest.raises(CheckpointError, match="model.layers.2.mlp.up_proj.weight"):
         A.run_load_model(tmp_path, np.float32)
+
+
+def test_kv_shared_layers_never_read_their_own_kv_weights(tmp_path):
+    """Official checkpoints still carry k_proj/v_proj/k_norm for the KV-shared layers; 5.24 never uses them
+    (numerics doc 6.1). Filling them with NaN (layers 4..6 of the fixture) leaves every logit unchanged."""
+    g = load_golden("text_model_causal")
+    w = dict(g.weights)
+    cfg = A.text_config(g.meta["config"])
+    D, G, E = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim
+    for li in range(cfg.first_kv_shared_layer, cfg.num_hidden_layers):
+        w[f"model.layers.{li}.self_attn.k_proj.weight"] = np.full((G * E, D), np.nan, np.float32)
+        w[f"model.layers.{li}.self_attn.v_proj.weight"] = np.full((G * E, D), np.nan, np.float32)
+        w[f"model.layers.{li}.self_attn.k_norm.weight"] = np.full((E,), np.nan, np.float32)
+    save_safetensors(tmp_path / "model.safetensors", w)
+    (tmp_path / "config.json").write_text(json.dumps({**g.meta["config"], "model_type": "gemma3n_text"}))
+    ids = g.inputs["input_ids"].astype(np.int64)
+    a, _ = A.run_forward(A.run_load_model(tmp_path, np.float64), ids)
+    _, model = _model("text_model_causal", np.float64)
+    b, _ = A.run_forward(model, ids)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_logits_to_keep_last_position():
+    """logits_to_keep=1 returns the last position's logits only, equal to the full pass's last row (to 1e-12:
+    BLAS may sum a 1-row product in another order than a 12-row one)."""
+    from minig3n import decoder
+    _, model = _model("text_model_causal", np.float64)
+    ids, mask = _long_inputs(model.cfg, T=12)
+    full, _ = A.run_forward(model, ids, attention_mask=mask)
+    last, _ = decoder.forward(model, ids, attention_mask=mask, logits_to_keep=1)
+    assert last.shape == (2, 1, model.cfg.vocab_size)
+    assert rel_err(last[:, 0], full[:, -1]) <= 1e-12

@@ -70,3 +70,9 @@ def test_hand_derived(tok):
 def test_missing_tokenizer_model(tmp_path):
     with pytest.raises(CheckpointError, match="tokenizer.model"):
         A.load_tokenizer(tmp_path)
+
+
+def test_corrupt_tokenizer_model(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(CheckpointError, match="tokenizer.model"):
+        A.load_tokenizer(tmp_path)

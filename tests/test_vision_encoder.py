@@ -238,3 +238,24 @@ def test_stem_bias_may_be_absent(golden):
     zero = dict(p, **{"conv.bias": np.zeros_like(p["conv.bias"])})
     absent = {k: v for k, v in p.items() if k != "conv.bias"}
     np.testing.assert_array_equal(V.run_stem(x, absent), V.run_stem(x, zero))
+
+
+# ---- the tiny checkpoint (weights/tiny-random-gemma3n): Checkpoint/Params loading path -------------------
+
+def test_tiny_checkpoint_vision_tower_loads_and_runs(tiny_dir):
+    """Every tensor vision_weight_shapes derives from the tiny checkpoint's vision_config is in its
+    model.safetensors with that shape, and the encoder runs on lazily loaded ``Params`` with its
+    preprocessor settings (128 x 128 -> 4 x 4 x 2048 = 16 soft tokens, as config.json says).
+    Numbers against the reference: tests/test_ref_vision_encoder.py::test_tiny_checkpoint_image_features."""
+    from minig3n.checkpoint import Checkpoint
+    from minig3n.mobilenetv5 import PREFIX
+
+    ck = Checkpoint(tiny_dir)
+    ck.check_shapes(V.run_weight_shapes(ck.config.vision, PREFIX + "."))
+    px = V.run_preprocess_images([np.zeros((30, 20, 3), np.uint8)], tiny_dir)
+    assert px.shape == (1, 3, 128, 128)
+    out = V.run_vision_encoder(px, ck.params(PREFIX), ck.config.vision)
+    assert out.shape == (1, 2048, 4, 4) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.shape[2] * out.shape[3] == ck.config.vision_soft_tokens_per_image
+    tok = V.run_image_soft_tokens(out, ck.params("model.embed_vision"), ck.config.vision)
+    assert tok.shape == (1, 16, ck.config.text.hidden_size)

@@ -61,3 +61,20 @@ def run_decode(model_dir, ids) -> str:
     from minig3n.tokenizer import Tokenizer
 
     return Tokenizer.from_dir(model_dir).decode(list(ids))
+
+
+def run_generate(prompt: str, n: int, model_dir=None, **sampling) -> tuple[list[int], str]:
+    """``minig3n generate`` through its Python API (model_dir None: the default model): (ids, text)."""
+    from minig3n import generate
+
+    ids, text = [], []
+    for token, piece in generate.generate(model_dir, prompt, max_new_tokens=n, **sampling):
+        ids.append(token)
+        text.append(piece)
+    return ids, "".join(text)
+
+
+def run_default_model_dir():
+    from minig3n import generate
+
+    return generate.default_model_dir()

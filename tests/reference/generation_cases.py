@@ -67,6 +67,8 @@ CONVERSATIONS = [
 ]
 
 GENERATION_PROMPTS = [
-    "The sliding window attention in Gemma 3n uses a mask of",
-    "Per-layer embeddings",
+    "The sliding window attention in Gemma 3n uses a mask of",      # the reference stops on <eos> after 42
+    "Per-layer embeddings",                                          # 64 new tokens: decode passes the window
+    "Gemma 3n's decoder layers share keys and values: the last layers reuse the K/V of the sliding and the full "
+    "attention producers, so the prefill alone is longer than the window.",   # prefill > sliding window 16
 ]

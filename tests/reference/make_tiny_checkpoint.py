@@ -41,10 +41,12 @@ What is in it
   The reference tokenizer is built from it exactly as transformers' ``GemmaConverter`` does (vocabulary from the
   pieces, merges ranked by piece score) and saved as ``tokenizer.json``.
 * Weights: the reference's initialisation, except the token embedding (normal(0, 0.25), so the tied head gives
-  logits of a few units and clear greedy margins) and the PLE table (normal(0, 0.1)); then every 1-D parameter (all norm weights, ``correct_output_scale``,
-  ``router_norm``, layer-scale gammas, audio ``per_dim_scale``, the stem bias) is redrawn from uniform(0.5, 1.5)
-  (the stem bias from normal(0, 0.1)), and the AltUp coefficients (zero-initialised by the reference) from
-  normal(0, 0.2), so no branch is degenerate. Stored as bfloat16, like the official checkpoints.
+  logits of a few units and clear greedy margins) and the PLE table (normal(0, 0.1)); then every 1-D parameter
+  (all norm weights, ``correct_output_scale``, ``router_norm``, layer-scale gammas, audio ``per_dim_scale``) is
+  redrawn from uniform(0.5, 1.5), the vision stem's conv bias from normal(0, 0.1) (zeros in the official
+  checkpoints), and the AltUp coefficient matrices and router from normal(0, 0.2) (the reference's normal(0, 0.02)
+  leaves AltUp close to the identity), so no branch is degenerate. Stored as bfloat16, like the official
+  checkpoints.
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ ARCH_DEF = [
     ["uir_r1_a5_k5_s2_e4_c48", "mqa_r1_k3_h2_s1_d8_c48", "uir_r1_a0_k0_s1_e2_c48"],
 ]
 VISION_CFG = dict(
-    architecture="mobilenetv5_custom_enc", model_args={"arch_def": ARCH_DEF, "stem_size": 16, "msfa_output_resolution": 4},
+    architecture="mobilenetv5_custom_enc",
+    model_args={"arch_def": ARCH_DEF, "stem_size": 16, "msfa_output_resolution": 4},
     hidden_size=2048, vocab_size=128, vocab_offset=VT, do_pooling=False,
 )
 

@@ -1,6 +1,6 @@
 """Evaluation of nano-gemma3n (reference tier): validation loss, unigram baseline, samples, export.
 
-    /work/venv/bin/python -m tests.reference.nano.evaluate --model weights/nano-gemma3n
+    /work/venv/bin/python -m tests.reference.nano.evaluate --model weights/nano-gemma3n [--engine minig3n]
 
 Validation loss: the two held-out plays as one token stream (<bos> play <eos> each), cut into windows of
 CONTEXT + 1 ids with stride CONTEXT (every id but the first is predicted exactly once, from up to CONTEXT
@@ -103,12 +103,28 @@ def summarize(model, train_ids: np.ndarray, valid_ids: np.ndarray, out: Path) ->
                 eval_slice_loss=sv, eval_slice_ppl=math.exp(sv), eval_slice_unigram_ppl=math.exp(su))
 
 
+def minig3n_samples(model_dir: Path, n: int) -> dict:
+    """The same outputs from ``minig3n generate`` (NumPy): greedy, and sampled at temperature 0.8, top-k 40
+    with seeds 0, 1, 2 (minig3n's own random stream, so the sampled texts differ from the reference's)."""
+    from minig3n.generate import generate as mg_generate
+
+    def text(prompt, **kw):
+        return prompt + "".join(piece for _, piece in mg_generate(model_dir, prompt, max_new_tokens=n, **kw))
+
+    return {"greedy": [text(pr) for pr in PROMPTS],
+            "sampled": [text(pr, temperature=0.8, top_k=40, seed=i) for i, pr in enumerate(PROMPTS[:3])]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=Path("weights/nano-gemma3n"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--engine", choices=("reference", "minig3n"), default="reference")
     a = p.parse_args(argv)
+    if a.engine == "minig3n":
+        print(json.dumps(minig3n_samples(a.model, a.tokens), indent=1))
+        return 0
     import sentencepiece as spm
     import torch
     from transformers import Gemma3nForCausalLM
@@ -116,11 +132,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     model = Gemma3nForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
     sp = spm.SentencePieceProcessor(model_file=str(a.model / "tokenizer.model"))
-    res = {"greedy": [], "sampled": []}
-    for pr in PROMPTS:
-        res["greedy"].append(generate(model, sp, pr, a.tokens)[1])
-    for i, pr in enumerate(PROMPTS[:3]):
-        res["sampled"].append(generate(model, sp, pr, a.tokens, sample=True, seed=i)[1])
+    res = {"greedy": [generate(model, sp, pr, a.tokens)[1] for pr in PROMPTS],
+           "sampled": [generate(model, sp, pr, a.tokens, sample=True, seed=i)[1] for i, pr in enumerate(PROMPTS[:3])]}
     print(json.dumps(res, indent=1))
     return 0
 
