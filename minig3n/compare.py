@@ -27,6 +27,8 @@ def _read(path) -> tuple[dict, list | None]:
         tensors, meta = load_safetensors(path, np.float64)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: not a readable safetensors trace ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it as a safetensors trace ({e.strerror or e})") from None
     try:
         order = [n for n in json.loads(meta["order"]) if n in tensors]
     except (KeyError, ValueError, TypeError):

@@ -166,8 +166,9 @@ def _array_to_rgb(a, convert_rgb: bool) -> np.ndarray:
     """An array (H, W, C) or (C, H, W), C in 1/3/4, whole values 0..255 -> uint8 [H, W, 3]."""
     a = np.asarray(a)
     if a.ndim != 3:
+        hint = " (add a channel axis for greyscale)" if a.ndim == 2 else ""
         raise InputError(f"an image array must have 3 axes, (height, width, channels) or (channels, height, "
-                         f"width), got shape {list(a.shape)}" + (" (add a channel axis for greyscale)" if a.ndim == 2 else ""))
+                         f"width), got shape {list(a.shape)}{hint}")
     # channel axis as the reference infers it: first if it has 1/3/4 entries, else last
     if a.shape[0] in (1, 3, 4):
         a = np.moveaxis(a, 0, -1)                                               # [H, W, C]

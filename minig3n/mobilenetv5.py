@@ -607,6 +607,8 @@ def image_soft_tokens(features, p_embed_vision, vision_cfg=None):
     ``sqrt(Cv)`` (vision hidden_size 2048: 45.254833; the reference multiplies by a Python float, so the
     factor is that double rounded to the working dtype), then the embedder's soft path
     (``RMSNorm_noW(RMSNorm_soft(z) W^T)``). The scale only acts through the norm's eps, but it is there.
+    (The reference multiplies in place, so the ``last_hidden_state`` that ``get_image_features`` returns is
+    the *scaled* map; ``vision_encoder`` returns the unscaled one, as the vision tower does.)
     ``p_embed_vision``: tensors under ``model.embed_vision``; ``vision_cfg`` supplies hidden_size and
     rms_norm_eps (defaults: the map's channel count, 1e-6).
     """

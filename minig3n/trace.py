@@ -91,6 +91,10 @@ def run_trace(args) -> int:
         from .tokenizer import Tokenizer   # only this branch needs a tokenizer
         ids = Tokenizer.from_dir(args.model).encode(args.prompt, add_bos=True)
     model = load_text_model(args.model, np.dtype(args.dtype))
+    if model.prefix == "model.language_model." and max(ids) >= model.cfg.vocab_size_per_layer_input:
+        # the reference's Gemma3nModel replaces these embeddings with embed_vision / embed_audio outputs
+        raise InputError(f"--ids: id {max(ids)} is an image/audio token (>= {model.cfg.vocab_size_per_layer_input}); "
+                         "its embedding comes from the multimodal embedders, which a text trace does not run")
     trace = trace_text(model, ids, args.dtype)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n")
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {args.dtype}) to {args.out}")

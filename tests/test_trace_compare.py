@@ -116,3 +116,16 @@ def test_trace_prompt_uses_the_tokenizer(tmp_path, tiny_dir):
     ids = Tokenizer.from_dir(tiny_dir).encode("Hello world", add_bos=True)
     assert json.loads(meta["ids"]) == ids and ids[0] == 2
     assert tensors["logits"].shape[0] == len(ids) and "model.language_model.layers.0.laurel" in tensors
+
+
+def test_compare_directory_exits_2(tmp_path, capsys):
+    save_safetensors(tmp_path / "ok.safetensors", {"t": np.ones(2)})
+    assert main(["compare", str(tmp_path), str(tmp_path / "ok.safetensors")]) == 2
+    assert "cannot read it as a safetensors trace" in capsys.readouterr().err
+
+
+def test_trace_refuses_multimodal_ids_on_a_multimodal_checkpoint(tmp_path, tiny_dir, capsys):
+    """In Gemma3nForConditionalGeneration, ids >= vocab_size_per_layer_input get their embeddings from the
+    image/audio embedders; a text-only trace would silently differ from the reference, so it stops instead."""
+    assert main(["trace", "--model", str(tiny_dir), "--ids", "2,1025", "--out", str(tmp_path / "t.safetensors")]) == 2
+    assert "image/audio token" in capsys.readouterr().err

@@ -145,7 +145,8 @@ def test_model_args_keys_are_checked():
     with pytest.raises(ConfigError, match="unsupported key"):
         V.run_block_summary({"architecture": "mobilenetv5_300m_enc", "model_args": {"depth": 3}})
     with pytest.raises(ConfigError, match="only for custom encoders"):
-        V.run_block_summary({"architecture": "mobilenetv5_300m_enc", "model_args": {"arch_def": [["er_r1_k3_s2_e4_c8"]]}})
+        V.run_block_summary({"architecture": "mobilenetv5_300m_enc",
+                             "model_args": {"arch_def": [["er_r1_k3_s2_e4_c8"]]}})
 
 
 # ---- against the reference (fixtures) -------------------------------------------------------------------
@@ -259,3 +260,33 @@ def test_tiny_checkpoint_vision_tower_loads_and_runs(tiny_dir):
     assert out.shape[2] * out.shape[3] == ck.config.vision_soft_tokens_per_image
     tok = V.run_image_soft_tokens(out, ck.params("model.embed_vision"), ck.config.vision)
     assert tok.shape == (1, 16, ck.config.text.hidden_size)
+
+
+def test_inplace_gelu_equals_shared_gelu():
+    """mobilenetv5.gelu is ops.gelu_tanh computed in place (the activations are large); same formula, same
+    constants in the working dtype, so they agree to the last bits in both dtypes."""
+    from minig3n import mobilenetv5, ops
+
+    x = np.linspace(-8, 8, 10001)
+    for dt in (np.float64, np.float32):
+        assert rel_err(mobilenetv5.gelu(x.astype(dt)), ops.gelu_tanh(x.astype(dt))) <= 4 * np.finfo(dt).eps
+
+
+def test_mqa_with_zero_queries_averages_values_by_hand():
+    """With the query projection all zero every logit is 0, so each query pixel of each head attends
+    uniformly: head output = mean over key pixels of v = W_v xn. With kv stride 1, norm weights 1 and
+    gamma 1, the block returns x + W_o [mean_v; mean_v; ...] (the same d-vector for every head and pixel),
+    where xn = x / rms_c(x) per pixel."""
+    rng = np.random.default_rng(3)
+    C, h, d = 8, 2, 4
+    cfg = {"architecture": "custom", "model_args": {"stem_size": 8, "arch_def": [
+        ["er_r1_k3_s2_e1_c8"], ["uir_r1_a3_k3_s2_e1_c8", "mqa_r1_k3_h2_s1_d4_c8", "uir_r1_a0_k0_s1_e1_c8"]]}}
+    x = rng.standard_normal((1, C, 3, 5))
+    wv, wo = rng.standard_normal((d, C, 1, 1)), rng.standard_normal((C, h * d, 1, 1))
+    p = {"norm.weight": np.ones(C), "attn.query.proj.weight": np.zeros((h * d, C, 1, 1)),
+         "attn.key.proj.weight": rng.standard_normal((d, C, 1, 1)), "attn.value.proj.weight": wv,
+         "attn.output.proj.weight": wo, "layer_scale.gamma": np.ones(C)}
+    xn = x / np.sqrt(np.mean(x ** 2, axis=1, keepdims=True) + 1e-6)
+    mean_v = np.einsum("dc,cyx->d", wv[:, :, 0, 0], xn[0]) / 15             # [d]
+    want = x + (wo[:, :, 0, 0] @ np.tile(mean_v, h))[None, :, None, None]
+    assert rel_err(V.run_block(x, p, cfg, 1, 1), want) < 1e-14
