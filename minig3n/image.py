@@ -140,7 +140,7 @@ def open_image(path):
             im.load()
             im = ImageOps.exif_transpose(im)
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read image file {p}: {e}") from None
 
 

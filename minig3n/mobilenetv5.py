@@ -370,11 +370,13 @@ def depthwise_conv2d(x, w, stride=1, dilation=1):
     xp = _pad_same(x, k, stride, dilation)                                      # [B, C, Y', X']
     taps = w.astype(x.dtype, copy=False).reshape(C, k, k)                       # [C, k, k]
     y = np.zeros((B, C, Yo, Xo), dtype=x.dtype)                                 # [B, C, Yo, Xo]
+    tmp = np.empty_like(y)                                                      # [B, C, Yo, Xo] scratch
     for i in range(k):
         for j in range(k):
             view = xp[:, :, i * dilation:i * dilation + (Yo - 1) * stride + 1:stride,
                       j * dilation:j * dilation + (Xo - 1) * stride + 1:stride]  # [B, C, Yo, Xo]
-            y += view * taps[:, i, j, None, None]                               # [B, C, Yo, Xo]
+            np.multiply(view, taps[:, i, j, None, None], out=tmp)              # [B, C, Yo, Xo]
+            y += tmp
     return y
 
 
@@ -387,14 +389,10 @@ def pointwise_conv(x, w):
 
 def rms_norm2d(x, weight, eps=EPS):
     """timm ``RmsNorm2d``: per pixel over channels, ``x * rsqrt(mean_c(x^2) + eps) * w[c]``.
-    [B, C, Y, X] -> [B, C, Y, X]. No float32 island: it computes in the input's dtype.
-
-    The channel sum is a matmul with a row of ones (a reduction over a strided axis is slow in NumPy).
-    """
+    [B, C, Y, X] -> [B, C, Y, X]. No float32 island: it computes in the input's dtype."""
     t = x.dtype.type
-    B, C = x.shape[:2]
-    sq = np.square(x).reshape(B, C, -1)                                         # [B, C, Y*X]
-    ms = np.matmul(np.ones((1, C), x.dtype), sq).reshape(B, 1, *x.shape[2:]) / t(C)  # [B, 1, Y, X]
+    ms = np.add.reduce(np.square(x), axis=1, keepdims=True)                     # [B, 1, Y, X]
+    ms /= t(x.shape[1])                                                         # mean over channels
     y = x * (t(1.0) / np.sqrt(ms + t(eps)))                                     # [B, C, Y, X]
     y *= weight.astype(x.dtype, copy=False)[:, None, None]                      # [B, C, Y, X]
     return y

@@ -149,7 +149,7 @@ class Processor:
 
 
 # Media ----------------------------------------------------------------------------------------------------------
-def _source(part: dict, keys: tuple, kind: str):
+def _source(part: dict, keys: tuple):
     for k in keys:
         if k in part and part[k] is not None:
             return part[k]
@@ -168,13 +168,13 @@ def media_of_messages(messages) -> tuple[list, list]:
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "image":
-                src = _source(part, ("image", "path", "url"), "image")
+                src = _source(part, ("image", "path", "url"))
                 if src is None:
                     raise InputError(f"message {k}: an image part needs its image under 'image' (a path, a PIL "
                                      f"image or an array), got {sorted(part)}")
                 images.append(src)
             elif kind == "audio":
-                src = _source(part, ("audio", "path", "url"), "audio")
+                src = _source(part, ("audio", "path", "url"))
                 if src is None:
                     raise InputError(f"message {k}: an audio part needs its audio under 'audio' (a WAV path or "
                                      f"an array of samples), got {sorted(part)}")

@@ -12,7 +12,16 @@ dropped, plus ``logits``. The file's metadata holds ``order`` (a JSON list of th
     minig3n compare ref.safetensors ours.safetensors --rtol 1e-10
 
 Source: the reference's module tree (transformers 5.24 ``Gemma3nForCausalLM`` / ``Gemma3nForConditionalGeneration``).
-Left out here: images and audio (``trace_text`` is the text part; a multimodal tracer adds its own names).
+With images / audio (``--image PATH`` repeatable, ``--audio PATH``; with ``--prompt`` write one
+``<image_soft_token>`` / ``<audio_soft_token>`` per item, with ``--chat`` they are attached to the user turn) the
+prompt goes through ``processor.py`` and ``multimodal.forward`` (``trace_multimodal``), which adds the towers'
+names (``model.vision_tower.timm_model.blocks.2.1``, ``model.audio_tower.conformer.0``, ...; batch axis kept, one
+row per image / clip) and the embedders' soft outputs (``model.embed_vision``, ``model.embed_audio``)::
+
+    minig3n trace --model DIR --chat "Compare." --image a.png --image b.png --audio a.wav --out ours.safetensors \
+        --dtype float64
+    python -m tests.reference.trace_reference --model DIR --chat "Compare." --image a.png --image b.png \
+        --audio a.wav --out ref.safetensors --dtype float64
 """
 from __future__ import annotations
 
@@ -122,9 +131,14 @@ def run_trace_multimodal(args) -> int:
         raise InputError("--system needs --chat")
     inputs = process(Processor.from_dir(args.model), prompt=args.prompt, chat=args.chat, system=args.system,
                      images=args.image, audio=args.audio)
-    model = load_multimodal_model(args.model, np.dtype(args.dtype))
-    trace = trace_multimodal(model, inputs)
     ids = [int(i) for i in inputs.input_ids[0]]
+    from .checkpoint import Checkpoint
+    ckpt = Checkpoint(args.model, np.dtype(args.dtype))
+    if inputs.pixel_values is None and inputs.input_features is None and not ckpt.config.is_multimodal:
+        from .decoder import load_text_model   # --chat without media on a text-only checkpoint
+        trace = trace_text(load_text_model(ckpt), ids)
+    else:
+        trace = trace_multimodal(load_multimodal_model(ckpt), inputs)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
                 images=[str(i) for i in args.image], audio=[str(a) for a in args.audio])
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {len(args.image)} image(s), {len(args.audio)} audio "

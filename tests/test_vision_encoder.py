@@ -248,28 +248,26 @@ def test_tiny_checkpoint_vision_tower_loads_and_runs(tiny_dir):
     model.safetensors with that shape, and the encoder runs on lazily loaded ``Params`` with its
     preprocessor settings (128 x 128 -> 4 x 4 x 2048 = 16 soft tokens, as config.json says).
     Numbers against the reference: tests/test_ref_vision_encoder.py::test_tiny_checkpoint_image_features."""
-    from minig3n.checkpoint import Checkpoint
-    from minig3n.mobilenetv5 import PREFIX
-
-    ck = Checkpoint(tiny_dir)
-    ck.check_shapes(V.run_weight_shapes(ck.config.vision, PREFIX + "."))
+    cfg, p_tower, p_embed, shapes = V.run_checkpoint_vision(tiny_dir)
+    assert len(shapes) == len(list(p_tower))
     px = V.run_preprocess_images([np.zeros((30, 20, 3), np.uint8)], tiny_dir)
     assert px.shape == (1, 3, 128, 128)
-    out = V.run_vision_encoder(px, ck.params(PREFIX), ck.config.vision)
+    out = V.run_vision_encoder(px, p_tower, cfg.vision)
     assert out.shape == (1, 2048, 4, 4) and out.dtype == np.float32 and np.isfinite(out).all()
-    assert out.shape[2] * out.shape[3] == ck.config.vision_soft_tokens_per_image
-    tok = V.run_image_soft_tokens(out, ck.params("model.embed_vision"), ck.config.vision)
-    assert tok.shape == (1, 16, ck.config.text.hidden_size)
+    assert out.shape[2] * out.shape[3] == cfg.vision_soft_tokens_per_image
+    tok = V.run_image_soft_tokens(out, p_embed, cfg.vision)
+    assert tok.shape == (1, 16, cfg.text.hidden_size)
 
 
-def test_inplace_gelu_equals_shared_gelu():
-    """mobilenetv5.gelu is ops.gelu_tanh computed in place (the activations are large); same formula, same
-    constants in the working dtype, so they agree to the last bits in both dtypes."""
-    from minig3n import mobilenetv5, ops
-
+def test_gelu_is_torchs_tanh_gelu():
+    """F.gelu(approximate='tanh') = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) with the constants in the
+    tensor's dtype: in float64 this formula with double constants, to the last bits; in float32 within
+    float32 rounding of it."""
     x = np.linspace(-8, 8, 10001)
-    for dt in (np.float64, np.float32):
-        assert rel_err(mobilenetv5.gelu(x.astype(dt)), ops.gelu_tanh(x.astype(dt))) <= 4 * np.finfo(dt).eps
+    want = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    assert rel_err(V.run_gelu(x), want) <= 4e-16
+    assert rel_err(V.run_gelu(x.astype(np.float32)), want) <= 4e-7
+    assert V.run_gelu(np.zeros(1))[0] == 0.0
 
 
 def test_mqa_with_zero_queries_averages_values_by_hand():

@@ -1,11 +1,16 @@
-"""The audio chapter's seam: tests call only these functions. To grade another implementation, make each
-``run_*`` call it instead of minig3n (same arguments, same return values).
+"""The audio chapter's seam: tests call only these functions. To grade another implementation, set
+``MINIG3N_STUDENT`` (tests/adapters/_impl.py, walkthrough/ASSIGNMENTS.md) or make each ``run_*`` call it
+instead of minig3n (same arguments, same return values).
 
 Conventions: weights ``p`` are mappings under the HF names relative to the module at hand; masks are
 bool arrays with True = padded frame inside the encoder (the reference's ``audio_mel_mask``);
 ``cfg`` is a ``minig3n.config.AudioConfig``.
 """
-from minig3n import audio_io, embedder, features, usm
+from tests.adapters._impl import impl
+
+# Every call below goes through impl(<module>): minig3n's function, or a student's re-implementation of it
+# when MINIG3N_STUDENT names a directory holding <module>.py (see tests/adapters/_impl.py).
+audio_io, embedder, features, usm = (impl(m) for m in ("audio_io", "embedder", "features", "usm"))
 
 
 # Features and audio input ---------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.adapters._impl import impl   # minig3n's module, or a student's re-implementation (MINIG3N_STUDENT)
+
 
 def load_tokenizer(model_dir):
-    from minig3n.tokenizer import Tokenizer
-    return Tokenizer.from_dir(model_dir)
+    return impl("tokenizer").Tokenizer.from_dir(model_dir)
 
 
 def run_encode(tokenizer, text: str, add_bos: bool = True) -> list[int]:
@@ -27,28 +28,27 @@ def special_ids(tokenizer) -> dict:
 
 
 def run_render_chat(messages, add_generation_prompt: bool = True) -> str:
-    from minig3n.chat import render_chat
-    return render_chat(messages, add_generation_prompt)
+    return impl("chat").render_chat(messages, add_generation_prompt)
 
 
 def run_encode_chat(tokenizer, messages) -> list[int]:
-    from minig3n.chat import encode_chat
-    return list(encode_chat(tokenizer, messages))
+    return list(impl("chat").encode_chat(tokenizer, messages))
 
 
 def run_expand_media(prompt: str, image_tokens: int, audio_tokens: int) -> str:
-    from minig3n.chat import expand_media_placeholders
-    return expand_media_placeholders(prompt, image_tokens, audio_tokens)
+    return impl("chat").expand_media_placeholders(prompt, image_tokens, audio_tokens)
 
 
 def run_sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, seed=None, rng=None) -> int:
-    from minig3n.sampling import SamplingParams, sample_next
-    return sample_next(np.asarray(logits), SamplingParams(temperature, top_k, top_p, seed).validate(), rng)
+    sampling = impl("sampling")
+    SamplingParams = sampling.SamplingParams
+    return sampling.sample_next(np.asarray(logits), SamplingParams(temperature, top_k, top_p, seed).validate(), rng)
 
 
 def run_probabilities(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
-    from minig3n.sampling import SamplingParams, probabilities
-    return probabilities(np.asarray(logits), SamplingParams(temperature, top_k, top_p).validate())
+    sampling = impl("sampling")
+    SamplingParams = sampling.SamplingParams
+    return sampling.probabilities(np.asarray(logits), SamplingParams(temperature, top_k, top_p).validate())
 
 
 def new_rng(seed: int):
@@ -57,24 +57,23 @@ def new_rng(seed: int):
 
 def run_stream(tokenizer, ids) -> list[str]:
     """Text pieces a streaming decoder prints for ``ids`` arriving one by one (then flushed)."""
-    from minig3n.generate import StreamDecoder
-    s = StreamDecoder(tokenizer)
+    s = impl("generate").StreamDecoder(tokenizer)
     return [s.push(i) for i in ids] + [s.flush()]
 
 
 def run_generate_ids(model_dir, prompt_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=None,
                      dtype="float32") -> list[tuple[int, str]]:
     """(token, text piece) pairs generated after ``prompt_ids`` (the stop token, if reached, included)."""
-    from minig3n.generate import Generator, Prompt
-    from minig3n.sampling import SamplingParams
+    generate = impl("generate")
+    Generator, Prompt = generate.Generator, generate.Prompt
+    SamplingParams = impl("sampling").SamplingParams
     gen = Generator.load(Path(model_dir), dtype)
     return list(gen.generate(Prompt(list(prompt_ids)), max_new_tokens,
                              SamplingParams(temperature, top_k, top_p, seed)))
 
 
 def run_generate(model_dir, prompt=None, **kwargs) -> list[tuple[int, str]]:
-    from minig3n.generate import generate
-    return list(generate(model_dir, prompt, **kwargs))
+    return list(impl("generate").generate(model_dir, prompt, **kwargs))
 
 
 def run_cli(argv) -> int:

@@ -1,5 +1,6 @@
-"""The text chapter's seam: tests call only these functions. To grade another implementation, make each
-``run_*`` call it instead of minig3n (same arguments, same return values).
+"""The text chapter's seam: tests call only these functions. To grade another implementation, set
+``MINIG3N_STUDENT`` (tests/adapters/_impl.py, walkthrough/ASSIGNMENTS.md) or make each ``run_*`` call it
+instead of minig3n (same arguments, same return values).
 
 Conventions: ``p`` holds the module's weights under HF names relative to the module (``linear_left.weight``),
 as NumPy arrays (float32 in the fixtures; implementations compute in the dtype of the activations);
@@ -14,10 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from minig3n import altup, attention, decoder, kv_share, laurel, mlp, ple
 from minig3n.checkpoint import save_safetensors
 from minig3n.config import SLIDING, TextConfig
-from minig3n.kv_cache import KVCache
+from tests.adapters._impl import impl
+
+# Every call below goes through impl(<module>): minig3n's function, or a student's re-implementation of it
+# when MINIG3N_STUDENT names a directory holding <module>.py (see tests/adapters/_impl.py).
+altup, attention, decoder, kv_share, laurel, mlp, ple = (impl(m) for m in (
+    "altup", "attention", "decoder", "kv_share", "laurel", "mlp", "ple"))
+kv_cache = impl("kv_cache")
 
 
 def text_config(config_dict: dict) -> TextConfig:
@@ -148,13 +154,13 @@ def run_forward(model, input_ids, attention_mask=None, cache=None, trace=None, p
 
 
 def run_empty_cache(cfg, batch_size, dtype):
-    return KVCache.empty(cfg, batch_size, dtype)
+    return kv_cache.KVCache.empty(cfg, batch_size, dtype)
 
 
 def run_incremental(model, input_ids, attention_mask, prefill: int):
     """Prefill ``prefill`` tokens with an empty cache, then one token per call. -> (logits [B, T, V], cache)"""
     B, T = input_ids.shape
-    cache = KVCache.empty(model.cfg, B, model.dtype)
+    cache = kv_cache.KVCache.empty(model.cfg, B, model.dtype)
     logits, cache = decoder.forward(model, input_ids[:, :prefill], attention_mask=attention_mask[:, :prefill],
                                     cache=cache)
     steps = [logits]

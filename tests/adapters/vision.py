@@ -1,9 +1,13 @@
-"""The seam between the vision tests and minig3n.mobilenetv5 / minig3n.image (swap these bodies to grade
-another implementation). Arrays are NCHW; ``p`` maps timm state-dict names (relative to the module at hand)
-to arrays; ``vision_cfg`` is a ``minig3n.config.VisionConfig`` or a dict of its keys."""
+"""The seam between the vision tests and minig3n.mobilenetv5 / minig3n.image. Every call goes through
+``impl(<module>)``: minig3n's function, or a student's re-implementation when ``MINIG3N_STUDENT`` names a
+directory holding ``mobilenetv5.py`` / ``image.py`` (tests/adapters/_impl.py). Arrays are NCHW; ``p`` maps
+timm state-dict names (relative to the module at hand) to arrays; ``vision_cfg`` is a
+``minig3n.config.VisionConfig`` or a dict of its keys."""
 from __future__ import annotations
 
-from minig3n import image, mobilenetv5 as mv
+from tests.adapters._impl import impl
+
+mv, image = impl("mobilenetv5"), impl("image")
 
 
 def run_same_padding(n, k, stride, dilation=1) -> tuple:
@@ -48,7 +52,8 @@ def run_stem(x, p):
 def run_block(x, p, vision_cfg, stage: int, index: int):
     """Block ``blocks.<stage>.<index>`` of the encoder described by ``vision_cfg``; p: its tensors."""
     b = mv.encoder_spec(vision_cfg).stages[stage][index]
-    return mv.BLOCKS[b.kind](x, p, b)
+    block = {"er": mv.edge_residual, "uir": mv.universal_inverted_residual, "mqa": mv.mobile_mqa}[b.kind]
+    return block(x, p, b)
 
 
 def run_msfa(features, p, vision_cfg):
@@ -81,3 +86,19 @@ def run_preprocess_images(images, config=None):
 
 def run_load_image_config(source=None):
     return image.load_image_config(source)
+
+
+def run_gelu(x):
+    return mv.gelu(x)
+
+
+def run_checkpoint_vision(model_dir):
+    """(vision config, tower params, embed_vision params, expected tower shapes) of a checkpoint directory;
+    raises CheckpointError if a tensor the config implies is missing or misshapen."""
+    from minig3n.checkpoint import Checkpoint
+
+    ck = Checkpoint(model_dir)
+    prefix = mv.PREFIX
+    shapes = mv.vision_weight_shapes(ck.config.vision, prefix + ".")
+    ck.check_shapes(shapes)
+    return ck.config, ck.params(prefix), ck.params("model.embed_vision"), shapes

@@ -11,6 +11,10 @@ AltUp module's output is caught by wrapping ``scale_corrected_output``, which ca
 casts lifted), so the comparison with minig3n's float64 mode is exact to ~1e-14.
 Works for ``Gemma3nForCausalLM`` (``gemma3n_text``) and ``Gemma3nForConditionalGeneration`` (``gemma3n``)
 checkpoint directories.
+With ``--chat TEXT --image PATH ... --audio PATH`` (multimodal checkpoints) the inputs come from the reference
+processor (PIL image backend, as minig3n; WAVs must be float32 at 16 kHz) and the towers are traced too
+(``hooked_multimodal_trace``: module outputs with their batch axis, the embedders' soft-path outputs); float64
+then runs under both ``lift_text`` and ``lift_audio``.
 """
 from __future__ import annotations
 
