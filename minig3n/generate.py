@@ -174,20 +174,11 @@ class Generator:
         (``Gemma3nModel.forward``, input_ids path) replaces them by the hard path of ``embed_vision`` (ids in
         [vision offset, audio offset)) or ``embed_audio`` (ids >= audio offset). A random model may generate
         such ids, so the generator applies the same rule to prompt and generated tokens."""
-        from . import decoder
-        from .embedder import embed_hard
         cfg = self.model.ckpt.config
         if not cfg.is_multimodal or not (ids >= cfg.vision.vocab_offset).any():
             return None
-        x = decoder.embed_tokens(self.model, ids)                                      # [B, T, D]
-        for tower, name, lo, hi in (
-                (cfg.vision, "embed_vision", cfg.vision.vocab_offset, cfg.audio.vocab_offset),
-                (cfg.audio, "embed_audio", cfg.audio.vocab_offset, cfg.text.vocab_size)):
-            sel = (ids >= lo) & (ids < hi)                                             # [B, T]
-            if sel.any():
-                p = self.model.ckpt.params(f"model.{name}")
-                x[sel] = embed_hard(ids[sel] - tower.vocab_offset, p, tower.rms_norm_eps, x.dtype)  # [n, D]
-        return x
+        from .multimodal import MultimodalModel, hard_token_embeddings
+        return hard_token_embeddings(MultimodalModel(self.model, self.model.ckpt), ids)  # [B, T, D]
 
     @classmethod
     def load(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
