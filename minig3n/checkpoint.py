@@ -227,8 +227,21 @@ class Params(Mapping):
     def __len__(self):
         return len(self._keys)
 
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
     def sub(self, name: str) -> "Params":
         return Params(self.ckpt, self.prefix + name.rstrip(".") + ".")
+
+
+def sub_params(p: Mapping, name: str) -> Mapping:
+    """The weights of sub-module ``name`` of ``p``, keyed by the rest of their names:
+    ``sub_params(p, "conformer.0")["norm.weight"]`` is ``p["conformer.0.norm.weight"]``. Works for a
+    ``Params`` (stays lazy) and for a plain dict of arrays (as the golden tests pass)."""
+    if isinstance(p, Params):
+        return p.sub(name)
+    prefix = name.rstrip(".") + "."
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
 
 
 def text_weight_shapes(cfg, prefix: str) -> dict[str, tuple]:

@@ -40,7 +40,7 @@ import numpy as np
 from . import altup as altup_mod
 from .attention import attention_mask as build_mask
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
-from .checkpoint import Checkpoint, text_weight_shapes
+from .checkpoint import Checkpoint, sub_params, text_weight_shapes
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError
 from .kv_cache import KVCache
@@ -103,14 +103,6 @@ def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
 
 
 # Pieces ------------------------------------------------------------------------------------------------------
-def _sub(p, name: str):
-    """The sub-mapping of ``p`` under ``name.``: works for ``checkpoint.Params`` and plain dicts."""
-    if hasattr(p, "sub"):
-        return p.sub(name)
-    pre = name + "."
-    return {k[len(pre):]: v for k, v in p.items() if k.startswith(pre)}
-
-
 def check_input_ids(input_ids, cfg, past_length: int = 0) -> np.ndarray:
     """Validate token ids: an integer array [B, T], ids in [0, vocab_size), fits max_position_embeddings."""
     ids = np.asarray(input_ids)                                               # [B, T]
@@ -153,7 +145,7 @@ def per_layer_input_branch(corrected_active, per_layer_input, p, cfg, rec=None):
     rec = rec or (lambda name, x: None)
     g = corrected_active                                                      # [B, T, D]
     if cfg.altup_correct_scale:
-        g = altup_mod.scale_corrected_output(g, _sub(p, "altup"))             # [B, T, D]
+        g = altup_mod.scale_corrected_output(g, sub_params(p, "altup"))             # [B, T, D]
         rec("altup", g)
     gate = linear(g, p["per_layer_input_gate.weight"])                        # [B, T, P]
     rec("per_layer_input_gate", gate)
@@ -178,14 +170,14 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
         if trace is not None:
             trace[f"{name}.{sub}" if sub else name] = np.array(x[:, 0] if sub == "" else x[0])
 
-    p_altup = _sub(p, "altup")
+    p_altup = sub_params(p, "altup")
     predictions = altup_mod.predict(streams, p_altup, cfg)                    # [K, B, T, D]
     active = predictions[cfg.altup_active_idx]                                # [B, T, D]  a
     normed = rms_norm(active, p["input_layernorm.weight"], eps)               # [B, T, D]  n
     rec("input_layernorm", normed)
-    lau = laurel(normed, _sub(p, "laurel"), eps)                              # [B, T, D]
+    lau = laurel(normed, sub_params(p, "laurel"), eps)                              # [B, T, D]
     rec("laurel", lau)
-    attn, kv = self_attention(normed, _sub(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
+    attn, kv = self_attention(normed, sub_params(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
                               past_kv=past_kv, shared_kv=shared_kv)           # [B, T, D]
     rec("self_attn", attn)
     attn = rms_norm(attn, p["post_attention_layernorm.weight"], eps)          # [B, T, D]
@@ -193,7 +185,7 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     h = (active + attn + lau) / t(math.sqrt(2))                               # [B, T, D] (a + attn) + laurel
     x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
     rec("pre_feedforward_layernorm", x)
-    x = mlp(x, _sub(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
+    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
     rec("mlp", x)
     x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
     rec("post_feedforward_layernorm", x)

@@ -49,6 +49,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .checkpoint import sub_params
 from .config import AudioConfig
 from .errors import InputError
 from .ops import linear, rms_norm, silu, softcap, softmax, softplus
@@ -94,14 +95,6 @@ def timing_signal(positions, hidden_size: int, dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
-
-def sub(p: Mapping, prefix: str) -> Mapping:
-    """The weights under ``prefix`` (e.g. ``"conformer.0."``), keyed by the rest of their name."""
-    prefix = prefix.rstrip(".") + "."
-    if hasattr(p, "sub"):
-        return p.sub(prefix)
-    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
-
 
 def sigmoid(x):
     """``1 / (1 + exp(-x))`` without overflow warnings.   [...] -> [...]"""
@@ -170,7 +163,7 @@ def subsample_conv_projection(features, p, cfg: AudioConfig, trace=None, name=""
     """log-mel -> encoder frames.   [B, F, M] -> [B, F', D], F' = ceil(ceil(F / 2) / 2)"""
     x = features[..., None]                                                      # [B, F, M, 1]
     for i in range(2):
-        x = sscp_conv_block(x, sub(p, f"conv_{i}"), cfg.sscp_conv_kernel_size[i], cfg.sscp_conv_stride_size[i],
+        x = sscp_conv_block(x, sub_params(p, f"conv_{i}"), cfg.sscp_conv_kernel_size[i], cfg.sscp_conv_stride_size[i],
                             cfg.sscp_conv_group_norm_eps)                        # [B, T_i, F_i, C_i]
         if trace is not None:
             trace[f"{name}.conv_{i}"] = x.transpose(0, 3, 1, 2)                  # [B, C, T, F] as the reference
@@ -262,7 +255,7 @@ def conformer_attention(x, mask_invalid, p, cfg: AudioConfig):
     """``x + RMSNorm_post_norm(post(Attn(RMSNorm_pre_attn(x))))``.   [B, T, D] -> [B, T, D]"""
     eps = cfg.rms_norm_eps
     h = rms_norm(x, p["pre_attn_norm.weight"], eps)                              # [B, T, D]
-    h = local_attention(h, mask_invalid, sub(p, "attn"), cfg)                    # [B, T, D]
+    h = local_attention(h, mask_invalid, sub_params(p, "attn"), cfg)                    # [B, T, D]
     h = linear(h, p["post.weight"])                                              # [B, T, D]
     return x + rms_norm(h, p["post_norm.weight"], eps)                           # [B, T, D]
 
@@ -289,11 +282,11 @@ def light_conv1d(x, p, cfg: AudioConfig):
 
 def conformer_block(x, mask_invalid, p, cfg: AudioConfig):
     """FFW/2, attention, (zero padded frames), light conv, FFW/2, RMSNorm.   [B, T, D] -> [B, T, D]"""
-    x = feed_forward(x, sub(p, "ffw_layer_start"), cfg)                          # [B, T, D]
-    x = conformer_attention(x, mask_invalid, sub(p, "attention"), cfg)           # [B, T, D]
+    x = feed_forward(x, sub_params(p, "ffw_layer_start"), cfg)                          # [B, T, D]
+    x = conformer_attention(x, mask_invalid, sub_params(p, "attention"), cfg)           # [B, T, D]
     x = x * (~mask_invalid)[..., None].astype(x.dtype)                           # [B, T, D]
-    x = light_conv1d(x, sub(p, "lconv1d"), cfg)                                  # [B, T, D]
-    x = feed_forward(x, sub(p, "ffw_layer_end"), cfg)                            # [B, T, D]
+    x = light_conv1d(x, sub_params(p, "lconv1d"), cfg)                                  # [B, T, D]
+    x = feed_forward(x, sub_params(p, "ffw_layer_end"), cfg)                            # [B, T, D]
     return rms_norm(x, p["norm.weight"], cfg.rms_norm_eps)                       # [B, T, D]
 
 
@@ -322,13 +315,13 @@ def audio_encoder(features, mask_invalid, p, cfg: AudioConfig, trace=None, name=
     if features.shape[1] == 0:
         raise InputError("audio is too short: it gave no mel frames (at least 513 samples, 32 ms, are needed)")
 
-    x = subsample_conv_projection(features, sub(p, "subsample_conv_projection"), cfg, trace,
+    x = subsample_conv_projection(features, sub_params(p, "subsample_conv_projection"), cfg, trace,
                                   f"{name}.subsample_conv_projection")           # [B, F1, D]
     mask = subsample_mask(mask_invalid, x.shape[1], cfg)                         # [B, F1]
     if trace is not None:
         trace[f"{name}.subsample_conv_projection"] = x
     for i in range(cfg.conf_num_hidden_layers):
-        x = conformer_block(x, mask, sub(p, f"conformer.{i}"), cfg)              # [B, F1, D]
+        x = conformer_block(x, mask, sub_params(p, f"conformer.{i}"), cfg)              # [B, F1, D]
         if trace is not None:
             trace[f"{name}.conformer.{i}"] = x
     r = cfg.conf_reduction_factor

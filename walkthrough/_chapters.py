@@ -1,0 +1,561 @@
+"""The cell sources of every walkthrough chapter: {chapter name: [("md" | "code", source), ...]}.
+
+Edit here, then ``python walkthrough/_build.py`` writes the .ipynb files. Rules for code cells (checked by
+tests/test_walkthrough.py): plain Python (no IPython magics), fast (< 5 s per chapter), deterministic, no
+network, no torch; every comparison with the reference prints its relative error and asserts it.
+"""
+
+SETUP = '''
+# Setup. Run the notebook from walkthrough/ (Jupyter's default). The repo root goes on sys.path so that the
+# golden fixtures' reader (tests/golden_io.py) is importable; minig3n itself is installed (pip install -e .).
+import sys
+from pathlib import Path
+
+ROOT = Path.cwd().resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np
+from tests.golden_io import load_golden, rel_err
+
+# float32 runs against the reference's float32 outputs, float64 runs against its lifted float64 outputs
+# (tests/README.md: 1e-5 per module in float32, 1e-10 in float64).
+MODES = [(np.float32, "out32", 1e-5), (np.float64, "out64", 1e-10)]
+
+
+def check(name, got, want, tol):
+    """Print the relative error max|got - want| / max|want| and assert it is within tol."""
+    e = rel_err(got, want)
+    print(f"{name:<44} rel err {e:9.2e}   (tol {tol:g})")
+    assert e <= tol, f"{name}: rel err {e:.3g} > {tol}"
+    return e
+'''
+
+
+def exercise(text: str) -> tuple:
+    return ("md", "## Exercise\n\n" + text.strip() + "\n\nThe workflow (copy the signature, raise "
+            "`NotImplementedError`, implement, run the tests) is in [ASSIGNMENTS.md](ASSIGNMENTS.md).")
+
+
+CHAPTERS = {}
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["01_config_checkpoint"] = [
+    ("md", '''
+# 01 · Config and checkpoint: reading a Hugging Face Gemma 3n with NumPy
+
+A Gemma 3n checkpoint is a directory: `config.json` (every number the model uses) and `model.safetensors`
+(or shards plus `model.safetensors.index.json`). minig3n reads both **unmodified**:
+
+* `minig3n.config` turns `config.json` into dataclasses with the same key names (`TextConfig`,
+  `AudioConfig`, `VisionConfig`, `Gemma3nConfig`). Its docstring holds the **legend of shape letters**
+  used in every shape comment (`B` batch, `T` tokens, `D` hidden, `K` AltUp streams, `L` layers, `P`
+  per-layer width, ...).
+* `minig3n.checkpoint` memory-maps the safetensors files and converts a tensor to float32 (or float64)
+  only when it is used. BF16 has no NumPy dtype: its 16 bits are the top half of a float32, so widening is
+  a shift and **exact**.
+* The per-layer-embedding table (`embed_tokens_per_layer`, 262144 x 7680 in E2B, about 2 B parameters) is
+  never loaded whole: `Checkpoint.rows` gathers the rows of the ids at hand from the memory map.
+
+Module: `minig3n/config.py`, `minig3n/checkpoint.py`. We use the tiny random multimodal checkpoint
+`weights/tiny-random-gemma3n` (written by transformers 5.24, stored in BF16).
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n.config import FULL, SLIDING, Gemma3nConfig, e2b_config
+
+TINY = ROOT / "weights" / "tiny-random-gemma3n"
+cfg = Gemma3nConfig.from_file(TINY / "config.json")
+t = cfg.text
+print("model_type", cfg.model_type, "| multimodal:", cfg.is_multimodal)
+print(f"text: L={t.num_hidden_layers} D={t.hidden_size} N={t.num_attention_heads} G={t.num_key_value_heads} "
+      f"E={t.head_dim} P={t.hidden_size_per_layer_input} K={t.altup_num_inputs} V={t.vocab_size}")
+print("layer types      ", ["F" if lt == FULL else "S" for lt in t.layer_types])
+print("sparsity         ", t.activation_sparsity_pattern)
+print("first KV-shared layer", t.first_kv_shared_layer)
+'''),
+    ("md", '''
+The real models follow the same rules at full size. E2B: 30 layers, every 5th one full attention (4, 9,
+14, ...), the first 10 layers with 95 % activation sparsity, the last 10 layers reuse keys/values of
+earlier ones (chapter 05).
+'''),
+    ("code", '''
+e2b = e2b_config().text
+assert [i for i, lt in enumerate(e2b.layer_types) if lt == FULL] == [4, 9, 14, 19, 24, 29]
+assert e2b.activation_sparsity_pattern == [0.95] * 10 + [0.0] * 20
+assert e2b.first_kv_shared_layer == 20
+print("E2B: intermediate sizes", set(e2b.intermediate_size), "| PLE width L*P =",
+      e2b.num_hidden_layers * e2b.hidden_size_per_layer_input)
+'''),
+    ("md", '''
+## The safetensors format, by hand
+
+8 bytes (little-endian length n), n bytes of JSON header (dtype, shape, byte range of each tensor), then
+the raw bytes. That is all `SafetensorsFile` parses.
+'''),
+    ("code", '''
+import json
+import struct
+
+path = TINY / "model.safetensors"
+with open(path, "rb") as f:
+    (n,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(n))
+header.pop("__metadata__", None)
+NAME = "model.language_model.layers.0.laurel.linear_left.weight"
+print(len(header), "tensors; e.g.", NAME, "->", header[NAME])
+print("dtypes stored:", sorted({h["dtype"] for h in header.values()}))
+'''),
+    ("code", '''
+from minig3n.checkpoint import Checkpoint, bf16_bits_to_float32, float32_to_bf16_bits, text_weight_shapes
+
+ck = Checkpoint(TINY)                     # float32 working dtype (Checkpoint(TINY, np.float64) for float64)
+raw = ck.files[ck.where[NAME]].raw(NAME)  # a read-only view into the memory map: uint16 BF16 bit patterns
+w = ck.get(NAME)                          # converted once (widening: exact)
+print(raw.dtype, raw.shape, "writeable:", raw.flags.writeable, "->", w.dtype)
+assert np.array_equal(w, bf16_bits_to_float32(raw))
+assert np.array_equal(float32_to_bf16_bits(w), raw)          # round trip: no information lost
+assert np.array_equal(Checkpoint(TINY, np.float64).get(NAME), w.astype(np.float64))
+
+# The HF names are kept as they are; a multimodal checkpoint puts the text model under model.language_model.
+print("text prefix:", ck.text_prefix)
+ck.check_shapes(text_weight_shapes(t, ck.text_prefix))      # every text tensor has the shape the config implies
+laurel_p = ck.params(ck.text_prefix + "layers.0.laurel")     # a module's weights under names relative to it
+print(sorted(laurel_p))
+'''),
+    ("md", '''
+**Trap (numerics doc §0): constants in BF16.** Hub checkpoints are BF16, and a BF16 run of the reference
+rounds every scale buffer to BF16 too: the embedding scale sqrt(2048) = 45.254833 becomes 45.25. Compare
+against the reference loaded in **float32** (widened weights, float32 constants), as minig3n does.
+'''),
+    ("code", '''
+s = np.array([2048 ** 0.5], dtype=np.float32)
+s_bf16 = bf16_bits_to_float32(float32_to_bf16_bits(s))
+print(f"sqrt(2048): float32 {s[0]:.6f}   bf16 {s_bf16[0]:.6f}")
+assert s_bf16[0] == 45.25
+'''),
+    ("md", '''
+## The per-layer-embedding table, row by row
+
+`Checkpoint.rows(name, ids)` reads only the rows of `ids` from the memory map. In E2B the table holds
+262144 x 7680 BF16 values (4 GB); a prompt touches a few hundred rows of it.
+'''),
+    ("code", '''
+TABLE = ck.text_prefix + "embed_tokens_per_layer.weight"
+ids = np.array([[2, 17, 5]])
+rows = ck.rows(TABLE, ids)                                          # [B, T, L*P]
+print("table", ck.shape(TABLE), ck.stored_dtype(TABLE), "-> rows", rows.shape, rows.dtype)
+table_raw = ck.files[ck.where[TABLE]].raw(TABLE)                    # memory-mapped, nothing read yet
+assert np.array_equal(rows[0, 1], bf16_bits_to_float32(table_raw[17]))
+
+U, LP = e2b.vocab_size_per_layer_input, e2b.num_hidden_layers * e2b.hidden_size_per_layer_input
+print(f"E2B table: {U} x {LP} = {U * LP / 1e9:.2f} B parameters = {U * LP * 2 / 2**30:.2f} GiB in BF16; "
+      f"a 3-token prompt reads {3 * LP * 2 / 1024:.0f} KiB of it")
+'''),
+    exercise('''
+Re-implement `bf16_bits_to_float32` (and, if you like, the header parsing of `SafetensorsFile`) from
+`minig3n/checkpoint.py`. This chapter has no student-graded function (the loader's tests live in
+`tests/test_checkpoint.py`, marker `foundation`): check your version against `Checkpoint.get` on the tiny
+checkpoint as above.
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["02_per_layer_embeddings"] = [
+    ("md", '''
+# 02 · Per-layer embeddings (PLE)
+
+Besides the usual token embedding (width D), Gemma 3n gives **every decoder layer its own small embedding
+of each token**. Two parts, computed once before layer 0 (numerics doc §1.3):
+
+1. **Token part**: look the token up in a huge table with L*P columns (`embed_tokens_per_layer`,
+   layer-major: layer l owns columns l*P .. l*P+P-1), times sqrt(P) (16.0 for P = 256).
+2. **Projection part**: project the final input embedding with `per_layer_model_projection` [L*P, D],
+   times D^-0.5, reshape to [L, P], RMS-norm over P with one shared weight [P].
+
+`ple = (projection + token part) * 1/sqrt(2)`; layer l receives `ple[:, :, l, :]` and mixes it into the
+AltUp streams after its MLP (chapter 07). The table is most of E2B's parameters ("E2B" = 2 B *effective*
+parameters: the table lives on disk, chapter 01).
+
+Module: `minig3n/ple.py` (`ple_ids`, `per_layer_token_inputs`, `project_per_layer_inputs`,
+`per_layer_inputs`). Fixture: `tests/goldens/text_ple.safetensors`.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import ple
+from minig3n.config import TextConfig
+
+g = load_golden("text_ple")
+cfg = TextConfig.from_dict(g.meta["config"])
+L, P, U = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.vocab_size_per_layer_input
+ids = g.inputs["input_ids"].astype(np.int64)                         # [B, T]
+print(f"L={L} P={P} U={U} D={cfg.hidden_size}; ids row 0:", ids[0])
+'''),
+    ("md", '''
+**Trap: ids outside the table are mapped to row 0, not clamped.** The vocabulary (V) is larger than the
+PLE table (U): the image/audio token ids (>= 262144 in E2B) have no PLE row. The reference maps them to
+**row 0** (which is used as stored, not zeroed). Clamping to U - 1 would read another row.
+'''),
+    ("code", '''
+pid = ple.ple_ids(ids, U)                                            # [B, T]
+outside = ids >= U
+print("ids >= U:", ids[outside], "-> rows", pid[outside])
+assert (pid[outside] == 0).all() and (pid[~outside] == ids[~outside]).all()
+'''),
+    ("code", '''
+for dt, out, tol in MODES:
+    table = g.weights["embed_tokens_per_layer.weight"].astype(dt)    # [U, L*P]
+    x = g.inputs["inputs_embeds"].astype(dt)                         # [B, T, D]
+    tok = ple.per_layer_token_inputs(table[pid], L, P)               # [B, T, L, P]
+    check(f"token part ({np.dtype(dt).name})", tok, getattr(g, out)["token_inputs"], tol)
+    full = ple.per_layer_inputs(ids, x, table.__getitem__, g.weights, cfg)   # [B, T, L, P]
+    check(f"per_layer_inputs ({np.dtype(dt).name})", full, getattr(g, out)["per_layer_inputs"], tol)
+'''),
+    ("md", '''
+The layout is layer-major: the reshape [L*P] -> [L, P] gives layer l the columns l*P .. l*P+P-1 (this is
+also what lets MatFormer drop a layer's PLE by deleting its column block, chapter 10).
+'''),
+    ("code", '''
+row = g.weights["embed_tokens_per_layer.weight"][pid[0, 0]]         # [L*P]
+tok0 = ple.per_layer_token_inputs(row[None, None], L, P)[0, 0]      # [L, P]
+for l in range(L):
+    assert np.array_equal(tok0[l], row[l * P:(l + 1) * P] * np.float32(P ** 0.5))
+print("layer 2's slice:", tok0[2][:4], "...")
+'''),
+    ("md", '''
+**Trap: the D^-0.5 scale sits before the norm.** A norm undoes a scale, except through its eps: dropping
+the scale changes the output a little, far above float64 round-off. Required for exactness.
+'''),
+    ("code", '''
+from minig3n.ops import linear, rms_norm
+
+x = g.inputs["inputs_embeds"].astype(np.float64)
+proj = linear(x, g.weights["per_layer_model_projection.weight"]).reshape(*x.shape[:2], L, P)
+w = g.weights["per_layer_projection_norm.weight"]
+with_scale = rms_norm(proj * np.float32(cfg.hidden_size ** -0.5), w, cfg.rms_norm_eps)
+without = rms_norm(proj, w, cfg.rms_norm_eps)
+e = rel_err(without, with_scale)
+print(f"dropping the D^-0.5 scale: rel err {e:.2e} (float64 agreement is 1e-10)")
+assert e > 1e-8
+'''),
+    exercise('''
+Implement `ple_ids`, `per_layer_token_inputs`, `project_per_layer_inputs` and `per_layer_inputs` in your
+own `ple.py` (signatures and docstrings from `minig3n/ple.py`). Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k ple
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["03_altup"] = [
+    ("md", '''
+# 03 · AltUp: a wide residual stream for the price of a narrow layer
+
+AltUp (Alternating Updates, Baykal et al. 2023) keeps **K = 4 streams** of width D, but every layer runs on
+one of them (the *active* stream 0). Around each layer (numerics doc §1.4, §1.5 steps 1 and 7, §1.8):
+
+* **predict**: a router reads the active stream, `r = tanh(router_norm(X_0) / D @ W_router^T)` [K];
+  `C = reshape(r @ W_pred^T, [K, K])`; `P_i = X_i + sum_j C[i, j] X_j`.
+* the layer transforms `P_0` into `o`;
+* **correct**: `c = router(o) @ W_corr^T + 1`; `Q_i = P_i + c_i (o - P_0)`.
+
+Streams 1..K-1 are made from the token embedding by D x D projections rescaled to the embedding's RMS
+(`make_streams`), and folded back the same way before the final norm (`collapse_streams`).
+
+Module: `minig3n/altup.py`. Fixtures: `text_altup` (predict/correct on random streams),
+`text_altup_streams` (stream creation and collapse).
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import altup
+from minig3n.config import TextConfig
+
+g = load_golden("text_altup")
+cfg = TextConfig.from_dict(g.meta["config"])
+K, p = cfg.altup_num_inputs, g.weights
+print("streams", g.inputs["streams"].shape, "[K, B, T, D]; weights:", sorted(p))
+
+for dt, out, tol in MODES:
+    o = getattr(g, out)
+    X, act = g.inputs["streams"].astype(dt), g.inputs["activated"].astype(dt)
+    name = np.dtype(dt).name
+    check(f"router_modalities ({name})", altup.router_modalities(act, p, cfg), o["router_modalities"], tol)
+    check(f"predict ({name})", altup.predict(X, p, cfg), o["predict"], tol)
+    # correct() on the reference's own predictions, so its error is not predict's again
+    Q = altup.correct(o["predict"].astype(dt), act, p, cfg)
+    check(f"correct ({name})", Q, o["correct"], tol)
+    check(f"scale_corrected_output ({name})", altup.scale_corrected_output(Q[0], p), o["scale_corrected_output"], tol)
+'''),
+    ("md", '''
+**Trap: the orientation of C.** The reference permutes and matmuls; it reduces to `C[i, j] = (r W_pred^T)[K*i + j]`
+(row-major) and `P_i = X_i + sum_j C[i, j] X_j`. Written out for one token with loops:
+'''),
+    ("code", '''
+X = g.inputs["streams"].astype(np.float64)
+r = altup.router_modalities(X[0], p, cfg)                                   # [B, T, K]
+C = (r @ p["prediction_coefs.weight"].T.astype(np.float64)).reshape(*r.shape[:2], K, K)   # [B, T, K, K]
+b, t_ = 1, 5
+loops = np.stack([X[i, b, t_] + sum(C[b, t_, i, j] * X[j, b, t_] for j in range(K)) for i in range(K)])
+check("predict, one token by loops", loops, altup.predict(X, p, cfg)[:, b, t_], 1e-12)
+'''),
+    ("md", '''
+**Experiment: identity coefficients.** With `prediction_coefs = 0`, C = 0 and the prediction is the input.
+With `correction_coefs = 0`, every gain is 0 + 1 = 1: every stream moves by the same innovation `o - P_0`,
+and stream 0 becomes exactly o. **Trap:** the innovation is taken against the *prediction* P_0, not the
+layer input X_0, and `correct_output_scale` is a plain multiply (no `1 + s`).
+'''),
+    ("code", '''
+zero = dict(p, **{"prediction_coefs.weight": np.zeros_like(p["prediction_coefs.weight"]),
+                  "correction_coefs.weight": np.zeros_like(p["correction_coefs.weight"])})
+o_ = np.random.default_rng(0).normal(size=X.shape[1:])                      # a stand-in layer output
+P = altup.predict(X, zero, cfg)
+Q = altup.correct(P, o_, zero, cfg)
+assert np.array_equal(P, X)
+assert np.allclose(Q, X + (o_ - X[0])[None], rtol=0, atol=1e-14) and np.allclose(Q[0], o_, rtol=0, atol=1e-14)
+print("identity coefficients: P == X, Q_i == X_i + (o - X_0), Q_0 == o")
+'''),
+    ("md", '''
+## Making and collapsing the streams
+
+Stream i > 0 is `altup_projections.{i-1}(E)` rescaled to the RMS of the embedding E:
+`Y * rms(E) / sqrt(max(mean(Y^2), 1e-5))`. **Trap:** the target RMS has no eps, and the 1e-5 clamp is on
+the mean square, before the sqrt. After the last layer, `collapse_streams` unembeds streams 1..K-1, rescales
+them to stream 0's RMS and averages all K.
+'''),
+    ("code", '''
+gs = load_golden("text_altup_streams")
+cs = TextConfig.from_dict(gs.meta["config"])
+for dt, out, tol in MODES:
+    name = np.dtype(dt).name
+    S = altup.make_streams(gs.inputs["inputs_embeds"].astype(dt), gs.weights, cs)       # [K, B, T, D]
+    check(f"make_streams ({name})", S, getattr(gs, out)["streams"], tol)
+    final = gs.inputs["final_streams32" if dt == np.float32 else "final_streams64"].astype(dt)
+    check(f"collapse_streams ({name})", altup.collapse_streams(final, gs.weights, cs), getattr(gs, out)["collapsed"], tol)
+
+rms = np.sqrt(np.mean(S ** 2, axis=-1))                                     # [K, B, T]
+print("RMS per stream at token 0:", rms[:, 0, 0])
+assert np.allclose(rms, rms[0], rtol=1e-12)                                 # every stream has the embedding's RMS
+'''),
+    exercise('''
+Implement `router_modalities`, `predict`, `correct`, `scale_corrected_output`, `make_streams` and
+`collapse_streams` in your own `altup.py`. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k altup
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["04_laurel"] = [
+    ("md", '''
+# 04 · LAuReL: a cheap low-rank branch next to attention
+
+LAuReL (Learned Augmented Residual Layer, Menghani et al. 2025, the low-rank variant) replaces a plain
+residual `x` by `x + norm(W_right (W_left x))` with rank R = 64 much smaller than D = 2048. In Gemma 3n it
+runs on the **normed** active stream n (the attention input), and its output is averaged with the
+attention branch: `h = (a + attn + laurel(n)) / sqrt(2)` (chapter 07).
+
+Module: `minig3n/laurel.py` (`laurel(x, p, eps)`). Fixture: `text_laurel`.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n.config import TextConfig
+from minig3n.laurel import laurel
+
+g = load_golden("text_laurel")
+cfg = TextConfig.from_dict(g.meta["config"])
+print({k: v.shape for k, v in g.weights.items()})
+for dt, out, tol in MODES:
+    check(f"laurel ({np.dtype(dt).name})", laurel(g.inputs["x"].astype(dt), g.weights, cfg.rms_norm_eps),
+          getattr(g, out)["out"], tol)
+'''),
+    ("md", '''
+**Trap (numerics doc §0): norms multiply by w, never by 1 + w.** Gemma 2 and 3 stored zero-centred norm
+weights and used `1 + w`; Gemma 3n's converter copied the JAX scales unchanged. The most common porting bug:
+'''),
+    ("code", '''
+wrong = dict(g.weights, **{"post_laurel_norm.weight": 1.0 + g.weights["post_laurel_norm.weight"]})
+e = rel_err(laurel(g.inputs["x"].astype(np.float64), wrong, cfg.rms_norm_eps), g.out64["out"])
+print(f"with (1 + w): rel err {e:.2e}")
+assert e > 1e-3
+'''),
+    ("md", '''
+**Experiment: LAuReL is a residual block.** With `linear_right = 0` the branch is `rms_norm(0) = 0`, so
+`laurel(x) = x` exactly. And its cost: `2 R D + D` parameters instead of `D^2` for a full-rank map.
+'''),
+    ("code", '''
+x = g.inputs["x"].astype(np.float64)
+zero = dict(g.weights, **{"linear_right.weight": np.zeros_like(g.weights["linear_right.weight"])})
+assert np.array_equal(laurel(x, zero, cfg.rms_norm_eps), x)
+R, D = 64, 2048
+print(f"E2B layer: LAuReL {2 * R * D + D:,} parameters vs a D x D map {D * D:,} ({(2 * R * D + D) / D**2:.1%})")
+'''),
+    exercise('''
+Implement `laurel(x, p, eps)` in your own `laurel.py`. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k laurel
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["05_attention_kv_sharing"] = [
+    ("md", '''
+# 05 · Attention: RoPE with two bases, sliding windows, GQA; and KV sharing
+
+Ordinary causal attention with grouped K/V heads, plus Gemma 3n's twists (numerics doc §1.6):
+
+* **Norms instead of a scale**: q and k are RMS-normed per head (`q_norm`, `k_norm`), v by a *weightless*
+  RMSNorm, all **before** RoPE; the logit scale is **1.0** (no 1/sqrt(E)); no logit softcap.
+* **Two RoPE bases**: sliding layers rotate with base 1e4, full layers with 1e6. Rotate-half on contiguous
+  halves (pairs i and i + E/2), not interleaved pairs.
+* **Two masks**: full layers see every earlier key; sliding layers the last `sliding_window` keys including
+  the query itself (`q - W < k <= q`).
+* **GQA**: query head h reads K/V head `h // (N / G)`.
+* **KV sharing**: the last `num_kv_shared_layers` layers compute no K/V; each reuses the K/V of the last
+  earlier layer of its type, from the same forward pass.
+
+Modules: `minig3n/attention.py`, `minig3n/kv_share.py`. Fixtures: `text_attention_sliding`,
+`text_attention_full`.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import attention, kv_share
+from minig3n.config import SLIDING, TextConfig, e2b_config
+
+
+def show(mask, title):
+    """ASCII picture of a [T, S] boolean mask: '#' = the query (row) reads the key (column)."""
+    print(title)
+    for row in mask:
+        print("   " + " ".join("#" if m else "." for m in row))
+
+
+T = 8
+show(attention.attention_mask(np.arange(T), np.arange(T))[0], "full: k <= q")
+show(attention.attention_mask(np.arange(T), np.arange(T), sliding_window=3)[0], "sliding, window 3: q - 3 < k <= q")
+show(attention.attention_mask(np.arange(T), np.arange(T), np.array([[0, 0, 1, 1, 1, 1, 1, 1]]), 3)[0],
+     "sliding, window 3, two left-pad tokens (pad queries see nothing -> output 0)")
+sl = attention.attention_mask(np.arange(T), np.arange(T), sliding_window=3)[0]
+assert sl.sum(axis=1).tolist() == [1, 2, 3, 3, 3, 3, 3, 3]      # exactly W keys, the query included
+'''),
+    ("md", '''
+## RoPE
+
+`inv_i = 1 / base^(2i/E)` (a float32 buffer), angle `pos * inv_i`, and
+`out[i] = x[i] cos - x[i + E/2] sin`, `out[i + E/2] = x[i + E/2] cos + x[i] sin`. A rotation keeps the
+norm, and the dot product of a rotated q and k depends only on the **distance** of their positions.
+'''),
+    ("code", '''
+E = 16
+rng = np.random.default_rng(0)
+q, k = rng.normal(size=(1, 1, 1, E)), rng.normal(size=(1, 1, 1, E))
+inv = attention.rope_inv_freq(10_000.0, E)
+print("inv_freq (base 1e4):", inv[:4], "...")
+
+
+def rot(x, pos):
+    cos, sin = attention.rope_cos_sin(np.array([[pos]]), inv, np.float64)
+    return attention.apply_rope(x, cos, sin)
+
+
+assert np.isclose(np.linalg.norm(rot(q, 37)), np.linalg.norm(q))
+d1, d2 = np.sum(rot(q, 5) * rot(k, 2)), np.sum(rot(q, 105) * rot(k, 102))
+print(f"q.k at positions (5, 2): {d1:.12f}   at (105, 102): {d2:.12f}")
+assert abs(d1 - d2) < 1e-12
+'''),
+    ("md", '''
+**Trap (numerics doc §0): RoPE angles are float32 products.** The reference computes
+`float32(pos) * inv_freq_f32` in float32 and only then takes cos/sin. A float64 angle drifts from it by
+about pos x 6e-8 rad, already visible at position 500:
+'''),
+    ("code", '''
+inv_full = attention.rope_inv_freq(1_000_000.0, 256)
+pos = 500
+a32 = (np.float32(pos) * inv_full).astype(np.float64)
+a64 = pos * inv_full.astype(np.float64)
+print(f"max |angle32 - angle64| at pos {pos}: {np.abs(a32 - a64).max():.1e} rad")
+assert np.abs(a32 - a64).max() > 1e-6
+'''),
+    ("md", '''
+## One attention block against the reference
+
+The fixtures hold 2 sequences of 14 tokens, window 8 (so the sliding mask slides), and row 1 is
+left-padded by 4 tokens. We build the mask and the RoPE tables of the layer's type, then run
+`self_attention`.
+'''),
+    ("code", '''
+def run_attention(g, dt):
+    cfg, li = TextConfig.from_dict(g.meta["config"]), g.meta["layer_idx"]
+    x = g.inputs["x"].astype(dt)                                      # [B, T, D]
+    real = g.inputs["attention_mask"].astype(np.int64)                # [B, T] 1 = real token
+    pos = g.inputs["position_ids"].astype(np.int64)                   # [B, T]
+    T = x.shape[1]
+    mask = attention.attention_mask(np.arange(T), np.arange(T), real, attention.layer_sliding_window(cfg, li))
+    base = cfg.rope_local_base_freq if cfg.layer_types[li] == SLIDING else cfg.rope_theta
+    cos, sin = attention.rope_cos_sin(pos, attention.rope_inv_freq(base, cfg.head_dim), dt)
+    out, _ = attention.self_attention(x, g.weights, cfg, cfg.layer_types[li], cos, sin, mask)
+    return out, mask, cfg
+
+
+for name in ("text_attention_sliding", "text_attention_full"):
+    g = load_golden(name)
+    for dt, out, tol in MODES:
+        got, mask, cfg = run_attention(g, dt)
+        check(f"{name} ({np.dtype(dt).name})", got, getattr(g, out)["out"], tol)
+show(run_attention(load_golden("text_attention_sliding"), np.float64)[1][1], "the sliding fixture's mask, row 1")
+'''),
+    ("md", '''
+**GQA**: N query heads share G K/V heads; head h reads K/V head `h // (N/G)` (the reference's `repeat_kv`
+interleaving). **Trap: the scale is 1.0.** The q/k norms already fix the logits' size; a habitual
+`1/sqrt(E)` is wrong:
+'''),
+    ("code", '''
+g = load_golden("text_attention_sliding")
+cfg, li = TextConfig.from_dict(g.meta["config"]), g.meta["layer_idx"]
+N, G = cfg.num_attention_heads, cfg.num_key_value_heads
+print("query head -> K/V head:", [h // (N // G) for h in range(N)])
+
+from minig3n.ops import linear
+x = g.inputs["x"].astype(np.float64)
+T = x.shape[1]
+mask = attention.attention_mask(np.arange(T), np.arange(T), g.inputs["attention_mask"].astype(np.int64),
+                                cfg.sliding_window)
+cos, sin = attention.rope_cos_sin(g.inputs["position_ids"].astype(np.int64),
+                                  attention.rope_inv_freq(cfg.rope_local_base_freq, cfg.head_dim), np.float64)
+q = attention.query_states(x, g.weights, cfg, cos, sin)
+k, v = attention.key_value_states(x, g.weights, cfg, cos, sin)
+scaled = linear(attention.attend(q / np.sqrt(cfg.head_dim), k, v, mask), g.weights["o_proj.weight"])
+e = rel_err(scaled, g.out64["out"])
+print(f"with a 1/sqrt(E) scale: rel err {e:.2e}")
+assert e > 1e-3
+'''),
+    ("md", '''
+## KV sharing
+
+`kv_sharing_modes` marks each layer: None (ordinary), "store" (the producer of its type) or "reuse" (a
+consumer). For E2B and E4B the consumers are layers 20.. and the producers layer 18 (sliding) and 19 (full).
+**Trap (numerics doc §6.1):** transformers before 4.56 used the consumers' own K/V weights when no cache
+was passed; in 5.24 sharing always happens and those weights are never read (our fixtures, written by
+5.24, do not even store them).
+'''),
+    ("code", '''
+e2b = e2b_config().text
+modes = kv_share.kv_sharing_modes(e2b)
+print("E2B layers 16..23:", modes[16:24])
+assert kv_share.kv_producer(e2b, 20) == 18 and kv_share.kv_producer(e2b, 24) == 19
+
+tiny = TextConfig.from_dict(load_golden("text_model_causal").meta["config"])
+print("fixture config:", ["F" if lt == "full_attention" else "S" for lt in tiny.layer_types],
+      kv_share.kv_sharing_modes(tiny))
+stored = [n for n in load_golden("text_model_causal").weights if n.startswith("model.layers.6.self_attn")]
+print("layer 6 (a consumer) stores only:", [n.split("self_attn.")[1] for n in stored])
+assert not any("k_proj" in n or "v_proj" in n for n in stored)
+'''),
+    exercise('''
+Implement in your own `attention.py`: `rope_inv_freq`, `rope_cos_sin`, `apply_rope`, `attention_mask`,
+`layer_sliding_window` and `self_attention` (with your own `query_states`, `key_value_states`, `attend`
+helpers); and in `kv_share.py`: `kv_sharing_modes`, `kv_producer`. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k "attention or rope or mask"
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k kv_sharing
+'''),
+]
