@@ -237,11 +237,37 @@ class Params(Mapping):
 def sub_params(p: Mapping, name: str) -> Mapping:
     """The weights of sub-module ``name`` of ``p``, keyed by the rest of their names:
     ``sub_params(p, "conformer.0")["norm.weight"]`` is ``p["conformer.0.norm.weight"]``. Works for a
-    ``Params`` (stays lazy) and for a plain dict of arrays (as the golden tests pass)."""
-    if isinstance(p, Params):
-        return p.sub(name)
+    ``Params`` and for a plain dict of arrays (as the golden tests pass); either way nothing is copied or
+    loaded, and a missing weight raises CheckpointError with its full name."""
     prefix = name.rstrip(".") + "."
-    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+    if isinstance(p, Params):
+        return p.sub(prefix)
+    if isinstance(p, _SubView):
+        return _SubView(p.base, p.prefix + prefix)
+    return _SubView(p, prefix)
+
+
+class _SubView(Mapping):
+    """``base[prefix + key]`` as ``view[key]``, over any Mapping of arrays."""
+
+    def __init__(self, base: Mapping, prefix: str):
+        self.base, self.prefix = base, prefix
+
+    def __getitem__(self, key):
+        try:
+            return self.base[self.prefix + key]
+        except KeyError:
+            raise CheckpointError(f"weight '{self.prefix}{key}' is missing") from None
+
+    def __contains__(self, key) -> bool:
+        return (self.prefix + key) in self.base
+
+    def __iter__(self):
+        n = len(self.prefix)
+        return (k[n:] for k in self.base if k.startswith(self.prefix))
+
+    def __len__(self):
+        return sum(1 for _ in self)
 
 
 def text_weight_shapes(cfg, prefix: str) -> dict[str, tuple]:

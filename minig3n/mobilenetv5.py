@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checkpoint import sub_params
 from .errors import CheckpointError, ConfigError, InputError
 
 PREFIX = "model.vision_tower.timm_model"
@@ -438,7 +439,7 @@ def conv_norm_act(x, p, kernel=1, stride=1, dilation=1, depthwise=False, act=Tru
 def stem(x, p):
     """conv 3x3 stride 2 (with bias: zeros in the checkpoints; absent = zeros), RmsNorm2d, GELU.
     [B, 3, Y, X] -> [B, C, Y/2, X/2]"""
-    bias = p["conv.bias"] if _has(p, "conv.bias") else None
+    bias = p["conv.bias"] if "conv.bias" in p else None
     return conv_norm_act(x, p, 3, stride=2, bias=bias)
 
 
@@ -461,14 +462,14 @@ def universal_inverted_residual(x, p, b: BlockSpec):
     h = x
     if b.dw_start:
         s = 1 if b.dw_mid else b.stride
-        h = conv_norm_act(h, _sub(p, "dw_start"), b.dw_start, s, b.dilation, depthwise=True, act=False)  # [B, Ci, .]
-    h = conv_norm_act(h, _sub(p, "pw_exp"))                                     # [B, mid, Y', X']
+        h = conv_norm_act(h, sub_params(p, "dw_start"), b.dw_start, s, b.dilation, depthwise=True, act=False)  # [B, Ci, .]
+    h = conv_norm_act(h, sub_params(p, "pw_exp"))                                     # [B, mid, Y', X']
     if b.dw_mid:
-        h = conv_norm_act(h, _sub(p, "dw_mid"), b.dw_mid, b.stride, b.dilation, depthwise=True)  # [B, mid, Yo, Xo]
-    h = conv_norm_act(h, _sub(p, "pw_proj"), act=False)                         # [B, Co, Yo, Xo]
+        h = conv_norm_act(h, sub_params(p, "dw_mid"), b.dw_mid, b.stride, b.dilation, depthwise=True)  # [B, mid, Yo, Xo]
+    h = conv_norm_act(h, sub_params(p, "pw_proj"), act=False)                         # [B, Co, Yo, Xo]
     if b.dw_end:
         s = b.stride if not (b.dw_start or b.dw_mid) else 1
-        h = conv_norm_act(h, _sub(p, "dw_end"), b.dw_end, s, b.dilation, depthwise=True, act=False)  # [B, Co, Yo, Xo]
+        h = conv_norm_act(h, sub_params(p, "dw_end"), b.dw_end, s, b.dilation, depthwise=True, act=False)  # [B, Co, Yo, Xo]
     h = h * p["layer_scale.gamma"].astype(h.dtype, copy=False)[:, None, None]  # [B, Co, Yo, Xo]
     return h + x if b.has_skip else h
 
@@ -547,8 +548,8 @@ def msfa(features, p, spec: EncoderSpec):
     hi = features[0].shape[-2:]
     parts = [resize_nearest(f, hi) if (f.shape[-2] < hi[0] or f.shape[-1] < hi[1]) else f for f in features]
     x = np.concatenate(parts, axis=1)                                           # [B, C0+C1, Y, X]
-    x = conv_norm_act(x, _sub(p, "ffn.pw_exp"))                                 # [B, mid, Y, X]
-    x = conv_norm_act(x, _sub(p, "ffn.pw_proj"), act=False)                     # [B, 2048, Y, X]
+    x = conv_norm_act(x, sub_params(p, "ffn.pw_exp"))                                 # [B, mid, Y, X]
+    x = conv_norm_act(x, sub_params(p, "ffn.pw_proj"), act=False)                     # [B, 2048, Y, X]
     ro, co = spec.msfa_resolution
     if (hi[0], hi[1]) != (ro, co):
         if hi[0] % ro or hi[1] % co:
@@ -582,17 +583,17 @@ def vision_encoder(pixel_values, p, vision_cfg, trace=None, prefix: str = PREFIX
         x = x.astype(np.float32)
     spec = encoder_spec(vision_cfg)
     taps = []
-    x = stem(x, _sub(p, "conv_stem"))                                           # [B, C, Y/2, X/2]
+    x = stem(x, sub_params(p, "conv_stem"))                                           # [B, C, Y/2, X/2]
     _record(trace, f"{prefix}.conv_stem", x)
     if 0 in spec.msfa_taps:
         taps.append(x)
     for si, blocks in enumerate(spec.stages):
         for bi, b in enumerate(blocks):
-            x = BLOCKS[b.kind](x, _sub(p, f"blocks.{si}.{bi}"), b)              # [B, C_b, Y_b, X_b]
+            x = BLOCKS[b.kind](x, sub_params(p, f"blocks.{si}.{bi}"), b)              # [B, C_b, Y_b, X_b]
             _record(trace, f"{prefix}.blocks.{si}.{bi}", x)
         if si + 1 in spec.msfa_taps:
             taps.append(x)
-    out = msfa(taps, _sub(p, "msfa"), spec)                                     # [B, 2048, r, r]
+    out = msfa(taps, sub_params(p, "msfa"), spec)                                     # [B, 2048, r, r]
     _record(trace, f"{prefix}.msfa", out)
     return out
 
@@ -628,46 +629,6 @@ def image_soft_tokens(features, p_embed_vision, vision_cfg=None):
 # ----------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------
-
-class _View(Mapping):
-    """The tensors of one sub-module: ``_View(p, 'blocks.2.1')['pw_exp.conv.weight']`` reads
-    ``p['blocks.2.1.pw_exp.conv.weight']``. Works over a dict or a ``checkpoint.Params``."""
-
-    def __init__(self, base: Mapping, prefix: str):
-        self.base, self.prefix = base, prefix
-
-    def __getitem__(self, key):
-        try:
-            return self.base[self.prefix + key]
-        except KeyError:
-            raise CheckpointError(f"vision tower weight '{self.prefix}{key}' is missing") from None
-
-    def __iter__(self):
-        n = len(self.prefix)
-        return (k[n:] for k in self.base if k.startswith(self.prefix))
-
-    def __len__(self):
-        return sum(1 for _ in self)
-
-    def __contains__(self, key):
-        return _has(self.base, self.prefix + key)
-
-
-def _sub(p: Mapping, name: str) -> Mapping:
-    if isinstance(p, _View):
-        return _View(p.base, p.prefix + name + ".")
-    return _View(p, name + ".")
-
-
-def _has(p: Mapping, key: str) -> bool:
-    if isinstance(p, _View):
-        return _has(p.base, p.prefix + key)
-    try:
-        p[key]
-        return True
-    except (KeyError, CheckpointError):
-        return False
-
 
 def _record(trace, name, x):
     if trace is not None:

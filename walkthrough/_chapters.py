@@ -559,3 +559,199 @@ helpers); and in `kv_share.py`: `kv_sharing_modes`, `kv_producer`. Graded by:
     MINIG3N_STUDENT=path/to/your_dir pytest -m text -k kv_sharing
 '''),
 ]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["06_mlp_sparsity"] = [
+    ("md", '''
+# 06 · The MLP and Gaussian top-k activation sparsity
+
+A GeGLU feed-forward, `down(gelu_tanh(gate(x)) * up(x))`. On the first layers (sparsity s = 0.95 on layers
+0..9 of E2B/E4B) the gate pre-activation is first **shifted down by `mean + std * Phi^-1(s)`** (statistics
+over the I axis, per token, population std) and ReLU'd. If the gate values were Gaussian this keeps the top
+5 % of them, with no sort (numerics doc §1.7).
+
+Module: `minig3n/mlp.py` (`std_multiplier`, `gaussian_topk`, `mlp`). Fixtures: `text_mlp_sparse` (layer 0,
+s = 0.95), `text_mlp_dense` (a layer with s = 0). Each layer may have its own intermediate size I.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from statistics import NormalDist
+
+from minig3n import mlp
+from minig3n.config import TextConfig
+
+z = mlp.std_multiplier(0.95)
+print(f"Phi^-1(0.95): reference float32 {float(z)!r}, exact {NormalDist().inv_cdf(0.95)!r}")
+assert float(z) == 1.6448535919189453        # numerics doc section 0: the float32 value torch computes
+
+for name in ("text_mlp_sparse", "text_mlp_dense"):
+    g = load_golden(name)
+    cfg, li = TextConfig.from_dict(g.meta["config"]), g.meta["layer_idx"]
+    s = cfg.activation_sparsity_pattern[li]
+    print(f"{name}: layer {li}, I = {cfg.intermediate_size[li]}, sparsity {s}")
+    for dt, out, tol in MODES:
+        check(f"  mlp ({np.dtype(dt).name})", mlp.mlp(g.inputs["x"].astype(dt), g.weights, s), getattr(g, out)["out"], tol)
+'''),
+    ("md", '''
+**Experiment: the fraction of zeros.** On Gaussian gate values the cut keeps about 5 %. On the fixture's
+tiny layer (I = 48) the fraction per token is rougher, but near 95 % too.
+'''),
+    ("code", '''
+rng = np.random.default_rng(0)
+gate = rng.normal(size=(1, 8, 16384))
+frac = np.mean(mlp.gaussian_topk(gate, 0.95) == 0)
+print(f"Gaussian gate, I = 16384: {frac:.2%} zeros")
+assert abs(frac - 0.95) < 0.01
+
+from minig3n.ops import gelu_tanh, linear
+g = load_golden("text_mlp_sparse")
+gate = linear(g.inputs["x"].astype(np.float64), g.weights["gate_proj.weight"])      # [B, T, I]
+kept = mlp.gaussian_topk(gate, 0.95)
+print("fixture, zeros per token:", np.round(np.mean(kept == 0, axis=-1)[0], 2))
+'''),
+    ("md", '''
+**Trap: GELU of the shifted value, not a mask on GELU.** A natural reading of "top-k sparsity" is
+`gelu(gate)` with the small entries masked. The reference applies GELU to `relu(gate - cutoff)`:
+'''),
+    ("code", '''
+up = linear(g.inputs["x"].astype(np.float64), g.weights["up_proj.weight"])
+masked = np.where(kept > 0, gelu_tanh(gate), 0.0)                      # the tempting, wrong version
+wrong = linear(masked * up, g.weights["down_proj.weight"])
+e = rel_err(wrong, g.out64["out"])
+print(f"mask on gelu(gate) instead of gelu(relu(gate - cutoff)): rel err {e:.2e}")
+assert e > 1e-2
+'''),
+    exercise('''
+Implement `std_multiplier`, `gaussian_topk` and `mlp` in your own `mlp.py` (`std_multiplier` must give
+torch's float32 value 1.6448535919189453 for 0.95). Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k "mlp or std_multiplier"
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["07_decoder_end_to_end"] = [
+    ("md", '''
+# 07 · The decoder layer, end-to-end logits, trace and compare
+
+One decoder layer (numerics doc §1.5), streams X [K, B, T, D] in, X' out:
+
+1. `P = altup.predict(X)`; `a = P_0`; `n = input_layernorm(a)`
+2. `lau = laurel(n)`; `att = post_attention_layernorm(attention(n))`
+3. `h = (a + att + lau) / sqrt(2)`
+4. `o = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))`
+5. `Q = altup.correct(P, o)`
+6. per-layer input: `e = post_per_layer_input_norm(per_layer_projection(gelu(per_layer_input_gate(Q_0 * s)) * ple_l))`
+7. `X'_0 = Q_0` (**no e, unscaled**), `X'_i = Q_i + e` for i >= 1.
+
+The model: `embed_tokens(ids) * sqrt(D)` -> PLE -> `make_streams` -> L layers -> `collapse_streams` ->
+`norm` -> tied LM head -> softcap `30 tanh(x / 30)`.
+
+Module: `minig3n/decoder.py`. Fixtures: `text_decoder_layer` (layer 3), `text_model_causal` (7 layers,
+window 8, KV sharing of both types, left padding, ids beyond the PLE table, hooks on every module).
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import attention, decoder
+from minig3n.config import SLIDING, TextConfig
+
+g = load_golden("text_decoder_layer")
+cfg, li = TextConfig.from_dict(g.meta["config"]), g.meta["layer_idx"]
+real = g.inputs["attention_mask"].astype(np.int64)
+T = real.shape[1]
+mask = attention.attention_mask(np.arange(T), np.arange(T), real, attention.layer_sliding_window(cfg, li))
+base = cfg.rope_local_base_freq if cfg.layer_types[li] == SLIDING else cfg.rope_theta
+pos = np.broadcast_to(np.arange(T), real.shape)
+for dt, out, tol in MODES:
+    cos, sin = attention.rope_cos_sin(pos, attention.rope_inv_freq(base, cfg.head_dim), dt)
+    X1, _ = decoder.decoder_layer(g.inputs["streams"].astype(dt), g.inputs["per_layer_input"].astype(dt),
+                                  g.weights, cfg, li, cos, sin, mask)
+    check(f"decoder_layer {li} ({np.dtype(dt).name})", X1, getattr(g, out)["out"], tol)
+'''),
+    ("md", '''
+## The whole model
+
+The fixture's weights (HF names, `Gemma3nForCausalLM` layout) go into a temporary checkpoint directory,
+which `load_text_model` opens like any other. Tolerance on logits: 1e-4 in float32 (identical argmax), 1e-10
+in float64.
+'''),
+    ("code", '''
+import json
+import tempfile
+
+from minig3n.checkpoint import save_safetensors
+
+gm = load_golden("text_model_causal")
+tmp = Path(tempfile.mkdtemp(prefix="walkthrough_"))
+save_safetensors(tmp / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in gm.weights.items()})
+(tmp / "config.json").write_text(json.dumps({**gm.meta["config"], "model_type": "gemma3n_text"}))
+
+ids = gm.inputs["input_ids"].astype(np.int64)
+real = gm.inputs["attention_mask"].astype(np.int64)
+for dt, out, tol in ((np.float32, "out32", 1e-4), (np.float64, "out64", 1e-10)):
+    model = decoder.load_text_model(tmp, dt)
+    logits, _ = decoder.forward(model, ids, attention_mask=real)
+    ref = getattr(gm, out)["logits"]
+    check(f"logits ({np.dtype(dt).name})", logits, ref, tol)
+    assert (logits.argmax(-1) == ref.argmax(-1)).all()
+print("max |logit|", float(np.abs(logits).max()), "< 30: the softcap bounds them")
+'''),
+    ("md", '''
+**Trap: stream 0 never receives the per-layer input.** Adding `e` to all K streams (or to stream 0 only)
+is an easy slip; the reference adds it to streams 1..K-1 only, and feeds the gate with the *scaled* copy
+`Q_0 * correct_output_scale`, which goes nowhere else. The layer check above catches either slip.
+
+## Trace and compare: finding the first module where two implementations part
+
+`forward(..., trace={})` records every module's output under the reference's module name (a forward hook
+on the reference gives the same array). The fixture holds the lifted float64 reference's hooks:
+'''),
+    ("code", '''
+trace = {}
+decoder.forward(decoder.load_text_model(tmp, np.float64), ids, attention_mask=real, trace=trace)
+want = {k[len("trace."):]: v for k, v in gm.out64.items() if k.startswith("trace.")}
+errs = {k: rel_err(trace[k], want[k]) for k in want}
+worst = max(errs, key=errs.get)
+print(f"{len(errs)} traced modules; first names: {list(trace)[:3]}")
+print(f"worst: {worst} rel err {errs[worst]:.2e}")
+assert errs[worst] <= 1e-10
+'''),
+    ("md", '''
+To check *your* port, dump the same names from it and run `minig3n compare ref.safetensors yours.safetensors`
+(`minig3n trace` writes minig3n's side). Here a "port" with one weight off by 0.1 % in layer 3's
+`down_proj`: everything before layer 3's MLP agrees, and compare names the culprit.
+'''),
+    ("code", '''
+import io
+
+from minig3n.compare import compare_files
+from minig3n.trace import trace_text, write_trace
+
+seq = [2, 17, 5, 260, 9, 30, 31, 32, 33, 40, 41]
+bad = dict(gm.weights)
+bad["model.layers.3.mlp.down_proj.weight"] = bad["model.layers.3.mlp.down_proj.weight"] * np.float32(1.001)
+port = tmp / "port"
+port.mkdir(exist_ok=True)
+save_safetensors(port / "model.safetensors", bad)
+(port / "config.json").write_text((tmp / "config.json").read_text())
+
+for d, name in ((tmp, "ours"), (port, "port")):
+    write_trace(tmp / f"{name}.safetensors", trace_text(decoder.load_text_model(d, np.float64), seq))
+report = io.StringIO()
+code = compare_files(tmp / "ours.safetensors", tmp / "port.safetensors", rtol=1e-10, out=report)
+print(report.getvalue().strip().splitlines()[-1])
+assert code == 1 and report.getvalue().strip().endswith("model.layers.3.mlp")
+
+import shutil
+shutil.rmtree(tmp)                                 # the temporary checkpoints and traces
+'''),
+    exercise('''
+Implement `per_layer_input_branch`, `decoder_layer` and `forward` in your own `decoder.py` (import the
+pieces from minig3n or from your own modules, with absolute imports). Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m text -k decoder_layer
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_text_model.py
+
+(`test_text_model.py` also grades `load_text_model` and, through `kv_cache.py`, the cache of chapter 08.)
+'''),
+]
