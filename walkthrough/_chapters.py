@@ -755,3 +755,345 @@ pieces from minig3n or from your own modules, with absolute imports). Graded by:
 (`test_text_model.py` also grades `load_text_model` and, through `kv_cache.py`, the cache of chapter 08.)
 '''),
 ]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["08_generation"] = [
+    ("md", '''
+# 08 · Generation: tokenizer, chat template, KV cache, sampling
+
+From a prompt string to streamed text:
+
+1. **Tokenizer** (`minig3n/tokenizer.py`): Gemma's sentencepiece BPE with byte fallback; special-token
+   strings written in the text (`<start_of_turn>`) become their ids; `<bos>` first.
+2. **Chat template** (`minig3n/chat.py`): turns of `<start_of_turn>ROLE\\n ... <end_of_turn>\\n`, the
+   system message folded into the first user turn, an open `<start_of_turn>model\\n` at the end.
+3. **Prefill and decode** (`minig3n/generate.py`, `minig3n/kv_cache.py`): one forward pass over the prompt
+   fills a `KVCache`; then one token per call. Full layers keep every key, sliding layers the last
+   `window - 1`, KV-shared layers nothing. The cache is an immutable value: `forward` returns a new one.
+4. **Sampling** (`minig3n/sampling.py`): greedy, or temperature -> top-k -> top-p -> one seeded draw.
+
+Fixtures: `generation_tokenizer`, `generation_chat`, `generation_greedy` (the reference's
+`generate(do_sample=False)` tokens on the tiny checkpoint).
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n.tokenizer import Tokenizer
+
+TINY = ROOT / "weights" / "tiny-random-gemma3n"
+tok = Tokenizer.from_dir(TINY)
+gt = load_golden("generation_tokenizer").meta
+for text, want in zip(gt["strings"], gt["ids"]):
+    assert tok.encode(text) == want
+print([tok.id_to_piece(i) for i in tok.encode(gt["strings"][1])][:10], "...")
+print("encode matches the reference on", len(gt["strings"]), "strings")
+for run in gt["byte_runs"]:              # byte-fallback pieces decode as UTF-8 runs
+    assert tok.decode(run["ids"]) == run["text"]
+'''),
+    ("code", '''
+from minig3n.chat import encode_chat, render_chat
+
+gc = load_golden("generation_chat").meta
+for conv, prompt, ids in zip(gc["conversations"], gc["prompts"], gc["ids"]):
+    assert render_chat(conv) == prompt
+    assert encode_chat(tok, conv) == ids
+print(repr(render_chat(gc["conversations"][1])))
+'''),
+    ("md", '''
+**Trap: the system message has no turn of its own** (it prefixes the first user turn and is *not*
+stripped), user text is stripped, and the assistant's role is written `model`.
+
+## Prefill and decode, by hand
+
+The same loop `Generator.generate` runs, written out: greedy tokens must equal the reference's, token for
+token.
+'''),
+    ("code", '''
+from minig3n import decoder, sampling
+from minig3n.kv_cache import KVCache
+
+gg = load_golden("generation_greedy").meta
+model = decoder.load_text_model(TINY, np.float32)
+cfg = model.cfg
+stop = set(cfg.eos_token_ids) | {tok.eos_id, tok.end_of_turn_id}
+
+for prompt_ids, want in zip(gg["tiny_prompt_ids"][:2], gg["tiny_tokens"][:2]):
+    cache = KVCache.empty(cfg, 1, np.float32)
+    step_ids = np.asarray([prompt_ids])                                  # prefill: the whole prompt
+    out = []
+    while len(out) < gg["max_new_tokens"]:
+        logits, cache = decoder.forward(model, step_ids, cache=cache, logits_to_keep=1)
+        token = sampling.greedy(logits[0, -1])
+        out.append(token)
+        if token in stop:
+            break
+        step_ids = np.asarray([[token]])                                 # decode: one token per call
+    assert out == want, (out, want)
+    print(f"{len(prompt_ids)} prompt tokens -> {len(out)} greedy tokens, identical to the reference;",
+          repr(tok.decode(out[:12])), "...")
+'''),
+    ("code", '''
+# What the cache holds now: full layers every position, sliding layers the last window - 1, shared layers nothing.
+print(f"cache length {cache.length}, window {cfg.sliding_window}, {cache.nbytes} bytes")
+for i, lt in enumerate(cfg.layer_types):
+    k = cache.keys[i]
+    print(f"  layer {i} {lt[:7]:7s}", "shared: nothing" if k is None else f"keys {k.shape[1]} (positions {cache.starts[i]}..)")
+    if k is not None:
+        assert k.shape[1] == (cache.length if lt == "full_attention" else min(cache.length, cfg.sliding_window - 1))
+
+# The cache is an optimisation only: the last step's logits equal a full recomputation's (float64: 1e-10).
+m64 = decoder.load_text_model(TINY, np.float64)
+seq = np.asarray([gg["tiny_prompt_ids"][1] + out[:-1]])
+full, _ = decoder.forward(m64, seq, logits_to_keep=1)
+c, step = KVCache.empty(cfg, 1, np.float64), None
+c_logits, c = decoder.forward(m64, seq[:, :-5], cache=c)
+for t_ in range(seq.shape[1] - 5, seq.shape[1]):
+    step, c = decoder.forward(m64, seq[:, t_:t_ + 1], cache=c)
+check("cached vs full recompute, last position", step[0, -1], full[0, -1], 1e-10)
+'''),
+    ("md", '''
+## Sampling, derived by hand
+
+Logits [2, 1, 0, -1]. Softmax: [0.644, 0.237, 0.087, 0.032]. **top-k = 2** keeps the two largest and
+renormalises: [e^2, e^1] / (e^2 + e^1) = [0.731, 0.269, 0, 0]. **top-p = 0.7** keeps a token while the
+probability ranked *before* it is still < 0.7: token 0 (0) and token 1 (0.644) stay, token 2 (0.881) goes:
+the same two tokens.
+'''),
+    ("code", '''
+from minig3n.sampling import SamplingParams, probabilities, sample_next
+
+logits = np.array([2.0, 1.0, 0.0, -1.0])
+want = np.array([np.e ** 2, np.e, 0, 0]) / (np.e ** 2 + np.e)
+for params in (SamplingParams(1.0, top_k=2), SamplingParams(1.0, top_p=0.7)):
+    got = probabilities(logits, params)
+    print(params, np.round(got, 3))
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+draws = [sample_next(logits, SamplingParams(1.0, seed=s)) for s in range(5)]
+assert draws == [sample_next(logits, SamplingParams(1.0, seed=s)) for s in range(5)]   # seeded: reproducible
+print("seeded draws:", draws)
+'''),
+    ("md", '''
+## The Python API, streaming
+
+`minig3n.generate.generate(model_dir, prompt, ...)` yields `(token, text piece)` as it goes (the
+command line: `minig3n generate --model DIR --prompt ...`). With the trained `weights/nano-gemma3n`
+(Shakespeare) the text is readable; the random tiny checkpoint babbles.
+'''),
+    ("code", '''
+from minig3n.generate import generate
+
+NANO = ROOT / "weights" / "nano-gemma3n"
+model_dir = NANO if (NANO / "config.json").exists() and (NANO / "model.safetensors").exists() else TINY
+prompt = "ROMEO:" if model_dir == NANO else "Per-layer embeddings"
+pieces = list(generate(model_dir, prompt, max_new_tokens=24))
+print(f"[{model_dir.name}] {prompt}" + "".join(piece for _, piece in pieces))
+again = list(generate(model_dir, prompt, max_new_tokens=24))
+assert again == pieces                                                   # greedy: deterministic
+'''),
+    exercise('''
+Re-implement, one at a time: `sampling.probabilities` / `sample_next` (and `warp`), `chat.render_chat` /
+`encode_chat` / `expand_media_placeholders`, `generate.StreamDecoder`, `kv_cache.KVCache`
+(`empty`, `past`, `advanced`), and if you are brave the `tokenizer.Tokenizer`. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m generation tests/test_generation_sampling.py
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_chat.py tests/test_tokenizer.py tests/test_generation_stream.py
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_text_model.py -k "cache or incremental or chunked"
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_generation_greedy.py
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["09_audio"] = [
+    ("md", '''
+# 09 · Audio: log-mel features and the USM encoder
+
+**Features** (`minig3n/features.py`, numerics doc §2.1): 16 kHz samples, windows of 512 every 160 samples
+(10 ms), HTK pre-emphasis *inside each window*, periodic Hann, FFT of 1024 points, **magnitude** (not
+power), 128 HTK mel filters 125-7600 Hz, `ln(max(mel, 1e-5))`. A batch is zero-padded to a multiple of 128
+samples; a frame is valid iff its **first** sample is real.
+
+**USM encoder** (`minig3n/usm.py`, §2.2-2.6): two stride-2 convs with a *cumulative* group norm (time /4,
+mel 128 -> 32), 12 Conformer blocks (half-step FFW, local attention over the 12 previous frames + itself
+with relative positions and a tanh cap 50, a light causal conv, half-step FFW, norm), then every 4th frame:
+one vector per 160 ms.
+
+**Embedder** (`minig3n/embedder.py`, §2.7): `RMSNorm_noW(RMSNorm_soft(x) W^T)` into the text width.
+
+Fixtures: `audio_features`, `audio_encoder_tiny`, `audio_embedder`.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import features
+
+g = load_golden("audio_features")
+waves = [g.inputs[f"batch.wave{i}"] for i in range(3)]
+feats, valid = features.extract_features(waves)
+print("samples", [len(w) for w in waves], "-> features", feats.shape, "mask", valid.shape)
+check("log-mel features (float32)", feats, g.out32["batch.features"], 1e-5)
+assert np.array_equal(valid, g.out32["batch.mask"].astype(bool))
+
+# Frame count and mask, by hand: padded to 16128 samples (a multiple of 128); (16128 - 513) // 160 + 1 = 98
+# frames; wave 0 has 1000 samples, so frames 0..6 start on a real sample (160 * 6 = 960 < 1000).
+assert feats.shape[1] == (16128 - 513) // 160 + 1 == 98
+assert valid[0].sum() == 7
+'''),
+    ("code", '''
+w = features.hann_window()
+print("Hann: periodic, w[0] =", w[0], " w[256] =", w[256], " w[511] =", round(float(w[511]), 6))
+assert w[0] == 0 and w[256] == 1 and w[511] > 0              # a symmetric window would end in 0
+silence, _ = features.extract_features([np.zeros(2000, np.float32)])
+print("silence ->", silence[0, 0, 0], "= ln(1e-5) everywhere")
+assert np.allclose(silence, np.log(np.float32(1e-5)))
+'''),
+    ("md", '''
+**Trap: the mask flips meaning.** `extract_features` returns True = *valid* frame (the feature
+extractor's `input_features_mask`); inside the encoder the mask is True = *padded* (`audio_mel_mask`).
+`Gemma3nModel` inverts it. The fixture below feeds the encoder its own convention.
+'''),
+    ("code", '''
+from minig3n import usm
+from minig3n.config import AudioConfig
+
+ga = load_golden("audio_encoder_tiny")
+acfg = AudioConfig(**ga.meta["config"])
+print("tiny encoder:", ga.meta["config"], "| clips of", ga.meta["lengths"], "samples")
+for dt, out, tol in MODES:
+    o = getattr(ga, out)
+    name = "subsample_conv_projection.conv_0.norm"
+    cgn = usm.cumulative_group_norm(o[name + ":in"], ga.weights[name + ".weight"].astype(dt),
+                                    acfg.sscp_conv_group_norm_eps)
+    check(f"cumulative group norm ({np.dtype(dt).name})", cgn, o[name], tol)
+    enc, enc_mask = usm.audio_encoder(ga.inputs["features"].astype(dt), ga.inputs["mask_invalid"].astype(bool),
+                                      ga.weights, acfg)
+    check(f"audio encoder ({np.dtype(dt).name})", enc, o["out"], tol)
+    assert np.array_equal(enc_mask, o["out_mask"].astype(bool))
+print("frames:", ga.inputs["features"].shape[1], "->", enc.shape[1], "| padded outputs are 0:",
+      bool(np.all(enc[enc_mask] == 0)))
+'''),
+    ("md", '''
+**Trap: the cumulative group norm's variance.** Each past step's squares are taken around *that step's*
+running mean, not the current one (so it is not the textbook running variance), with eps 1e-3 and a
+float64 cumsum (torch's CPU cumsum of float32 accumulates in float64). The textbook version differs:
+'''),
+    ("code", '''
+x = ga.out64["subsample_conv_projection.conv_0.norm:in"]           # [B, T, F, C]
+wgt = ga.weights["subsample_conv_projection.conv_0.norm.weight"].astype(np.float64)
+n = (np.arange(1, x.shape[1] + 1) * x.shape[2] * x.shape[3])[None, :, None, None]
+mu = np.cumsum(x.sum(axis=(2, 3), keepdims=True), axis=1) / n
+var = np.cumsum((x ** 2).sum(axis=(2, 3), keepdims=True), axis=1) / n - mu ** 2
+textbook = (x - mu) / np.sqrt(var + 1e-3) * wgt
+e = rel_err(textbook, ga.out64["subsample_conv_projection.conv_0.norm"])
+print(f"textbook running variance: rel err {e:.2e}")
+assert e > 1e-6
+
+# How many audio tokens: 30 s = 2997 mel frames -> ceil(/2) -> ceil(/2) -> every 4th.
+frames = 2997
+for _ in range(2):
+    frames = -(-frames // 2)
+print("30 s of audio ->", -(-frames // 4), "audio tokens")
+assert -(-frames // 4) == 188
+'''),
+    ("code", '''
+from minig3n import embedder
+
+ge = load_golden("audio_embedder")
+for dt, out, tol in MODES:
+    p = {k: v.astype(dt) for k, v in ge.weights.items()}
+    check(f"embed_soft ({np.dtype(dt).name})", embedder.embed_soft(ge.inputs["soft"].astype(dt), p, ge.meta["eps"]),
+          getattr(ge, out)["soft"], tol)
+    ids = ge.inputs["ids"].astype(np.int64) - ge.meta["vocab_offset"]
+    check(f"embed_hard ({np.dtype(dt).name})", embedder.embed_hard(ids, p, ge.meta["eps"]), getattr(ge, out)["hard"], tol)
+'''),
+    exercise('''
+Implement `features.extract_features` (with your own `mel_filterbank`, `hann_window`, `log_mel`), the
+encoder pieces of `usm.py` (`cumulative_group_norm`, `subsample_conv_projection`, `feed_forward`,
+`local_attention`, `conformer_attention`, `light_conv1d`, `conformer_block`, `audio_encoder`, `q_scale`,
+`inv_timescales`) and `embedder.embed_soft` / `embed_hard`. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_audio_features.py
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_audio_usm.py -k "group_norm or subsample"
+    MINIG3N_STUDENT=path/to/your_dir pytest tests/test_audio_usm.py tests/test_audio_embedder.py
+'''),
+]
+
+# ---------------------------------------------------------------------------------------------------------
+CHAPTERS["10_matformer"] = [
+    ("md", '''
+# 10 · MatFormer: smaller models cut out of E4B
+
+E4B is a MatFormer (Devvrit et al. 2023): during training, sub-networks that use only a **prefix** of each
+FFN's hidden units were optimised together with the full network, so a prefix is itself a trained network.
+Keeping units 0..d-1 of a layer's MLP means `gate_proj[:d]`, `up_proj[:d]`, `down_proj[:, :d]`. E2B is E4B
+with 8192-wide FFNs and layers 20-24 left out; "mix-n-match" picks a width per layer and skips layers.
+
+**Trap: KV sharing constrains skipping.** A layer whose K/V a kept shared layer reuses (E4B: 18 and 19)
+cannot be skipped. **Trap: PLE is per layer**: skipping layer l removes its P columns of the PLE table and
+P rows of `per_layer_model_projection` (chapter 02's layer-major layout).
+
+Module: `minig3n/matformer.py`. Expected numbers: Google's MatFormer Lab notebook.
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import matformer
+from minig3n.config import e2b_config, e4b_config
+
+table = matformer.read_published()
+for row in table[:4]:
+    print(f"{row.name:34s} {row.effective_params_b:5.2f} B  MMLU {row.mmlu:4.1f} %  skip {list(row.skip_layers)}")
+print("...", len(table), "rows")
+
+row = matformer.find_published("official E2B")
+e2b_cut = matformer.slice_config(e4b_config(), matformer.SliceSpec.from_published(row))
+c = matformer.count_config(e2b_cut)
+print(f"E4B cut by the official E2B row: total {c.total:,}  text {c.text:,}  effective {c.effective:,}")
+# What Google's notebook prints for that row (tests/test_matformer.py holds the same numbers):
+assert (c.total, c.text, c.effective) == (5_976_833_408, 4_456_156_768, 1_905_495_648)
+assert e2b_cut.text.intermediate_size == e2b_config().text.intermediate_size
+assert e2b_cut.text.layer_types == e2b_config().text.layer_types
+'''),
+    ("md", '''
+**Experiment: a prefix of the FFN is the FFN with the other units switched off.** Cutting the weights
+to the first d units gives exactly what the full MLP gives when `down_proj`'s columns beyond d are zero.
+'''),
+    ("code", '''
+from minig3n.mlp import mlp
+
+g = load_golden("text_mlp_dense")
+x, p = g.inputs["x"].astype(np.float64), {k: v.astype(np.float64) for k, v in g.weights.items()}
+I = p["gate_proj.weight"].shape[0]
+d = I // 2
+cut = {"gate_proj.weight": p["gate_proj.weight"][:d], "up_proj.weight": p["up_proj.weight"][:d],
+       "down_proj.weight": p["down_proj.weight"][:, :d]}
+off = dict(p, **{"down_proj.weight": np.concatenate([p["down_proj.weight"][:, :d], np.zeros_like(p["down_proj.weight"][:, d:])], 1)})
+check(f"prefix {d} of {I} units vs units >= {d} switched off", mlp(x, cut), mlp(x, off), 1e-13)
+print(f"and it differs from the full width: rel err {rel_err(mlp(x, cut), mlp(x, p)):.2e}")
+'''),
+    ("code", '''
+import tempfile
+
+from minig3n import decoder
+
+TINY = ROOT / "weights" / "tiny-random-gemma3n"
+print("tiny: layers", matformer.kv_producers(matformer.Checkpoint(TINY).config.text) if hasattr(matformer, "Checkpoint") else "")
+spec = matformer.SliceSpec([100, 160, 64, 64, 192, 50, 16, 112], [1, 7])   # widths of the kept layers; skip 1 and 7
+with tempfile.TemporaryDirectory() as tmp:
+    out = matformer.slice_checkpoint(TINY, Path(tmp) / "cut", spec)
+    before, after = matformer.count_checkpoint(TINY), matformer.count_checkpoint(out)
+    print(f"text parameters {before.text:,} -> {after.text:,}; audio/vision untouched: {after.audio == before.audio}")
+    ids = np.array([[2, 10, 20, 30, 40, 50, 60, 70]])
+    cut_logits, _ = decoder.forward(decoder.load_text_model(out), ids)
+    full_logits, _ = decoder.forward(decoder.load_text_model(TINY), ids)
+    print("sliced model runs; logits differ from the full model's by", float(np.abs(cut_logits - full_logits).max()))
+    try:
+        matformer.slice_checkpoint(TINY, Path(tmp) / "bad", matformer.SliceSpec(None, [5]))
+        raise AssertionError("skipping a K/V producer must be refused")
+    except Exception as e:
+        print("skip layer 5:", e)
+        assert "cannot be skipped" in str(e)
+'''),
+    exercise('''
+Implement `slice_config` (with your own `plan_text_slice`), `count_config` and `slice_checkpoint` in your
+own `matformer.py`; `read_published` / `find_published` if you like parsing. Graded by:
+
+    MINIG3N_STUDENT=path/to/your_dir pytest -m matformer
+'''),
+]

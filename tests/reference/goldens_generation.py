@@ -1,6 +1,6 @@
 """Golden fixtures for the generation chapter (tokenizer, chat template, greedy decoding), from the reference.
 
-    /work/venv/bin/python -m tests.make_goldens generation
+    python -m tests.make_goldens generation
 
 Writes
 * ``generation_tokenizer``: for each string of ``generation_cases.TOKENIZER_STRINGS`` the reference tokenizer's

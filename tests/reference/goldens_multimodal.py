@@ -1,6 +1,6 @@
 """Golden fixtures for the multimodal chapter (issue 7), from the reference on weights/tiny-random-gemma3n.
 
-    /work/venv/bin/python -m tests.make_goldens multimodal
+    python -m tests.make_goldens multimodal
 
 Writes ``multimodal_conversation``: the conversation of ``tests.multimodal_cases.conversation`` (system prompt,
 two PIL-drawn images, one 0.8 s chirp) through the reference processor (``AutoProcessor`` with the PIL image

@@ -1,6 +1,6 @@
 """Golden fixtures of the text decoder: ``tests/goldens/text_*.safetensors``.
 
-    /work/venv/bin/python -m tests.make_goldens text
+    python -m tests.make_goldens text
 
 Every fixture comes from the reference (transformers 5.24) on the tiny random models of ``text_models.py``:
 ``out32`` from the float32 model as published, ``out64`` from ``model.double()`` with the float32 activation

@@ -1,6 +1,6 @@
 """Write weights/tiny-random-gemma3n/: a tiny, random, full multimodal Gemma 3n checkpoint in Hugging Face layout.
 
-    /work/venv/bin/python -m tests.reference.make_tiny_checkpoint [OUT_DIR]
+    python -m tests.reference.make_tiny_checkpoint [OUT_DIR]
 
 Deterministic (fixed seeds, single-threaded torch, a sentencepiece model trained with one thread): running it
 twice gives identical files. Everything is written by the reference (``Gemma3nForConditionalGeneration``,
@@ -35,8 +35,8 @@ What is in it
   ``len(tokenizer) == vocab_size``; ``tokenizer_config.json`` names them through ``extra_special_tokens``
   (boi/eoi/image/boa/eoa/audio tokens), as transformers' weight converter writes it.
 * ``tokenizer.model``: sentencepiece BPE with byte fallback, trained on this repository's shared docs
-  (``/work/shared/docs/gemma3n_numerics.md``, ``/work/shared/docs/style.md``) and the chat template
-  (``/work/shared/data/gemma3n_chat_template.jinja``) with Gemma's normalizer settings (identity
+  (``../shared/docs/gemma3n_numerics.md``, ``../shared/docs/style.md``) and the chat template
+  (``../shared/data/gemma3n_chat_template.jinja``) with Gemma's normalizer settings (identity
   normalization, no dummy prefix, no whitespace folding, split digits, whitespace-only pieces allowed).
   The reference tokenizer is built from it exactly as transformers' ``GemmaConverter`` does (vocabulary from the
   pieces, merges ranked by piece score) and saved as ``tokenizer.json``.
@@ -59,8 +59,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "weights" / "tiny-random-gemma3n"
-CHAT_TEMPLATE = Path("/work/shared/data/gemma3n_chat_template.jinja")
-CORPUS = [Path("/work/shared/docs/gemma3n_numerics.md"), Path("/work/shared/docs/style.md"), CHAT_TEMPLATE]
+SHARED = Path(__file__).resolve().parents[3] / "shared"   # ../shared beside the repository
+CHAT_TEMPLATE = SHARED / "data" / "gemma3n_chat_template.jinja"
+CORPUS = [SHARED / "docs" / "gemma3n_numerics.md", SHARED / "docs" / "style.md", CHAT_TEMPLATE]
 SEED = 20260601
 
 VT = 1024                        # text ids [0, VT)
@@ -315,7 +316,7 @@ README = """# tiny-random-gemma3n
 A tiny Gemma 3n (text decoder + USM audio encoder + MobileNetV5 vision encoder) with **random weights**, written by
 `tests/reference/make_tiny_checkpoint.py` through the reference's `save_pretrained`:
 
-    /work/venv/bin/python -m tests.reference.make_tiny_checkpoint
+    python -m tests.reference.make_tiny_checkpoint
 
 It exercises every Gemma 3n feature at toy size (see the script's docstring for the full list): 10 layers, hidden 64,
 sliding window 16, KV sharing with producers of both layer types, AltUp, LAuReL, PLE, activation sparsity,

@@ -1,6 +1,6 @@
 """Evaluation of nano-gemma3n (reference tier): validation loss, unigram baseline, samples, export.
 
-    /work/venv/bin/python -m tests.reference.nano.evaluate --model weights/nano-gemma3n [--engine minig3n]
+    python -m tests.reference.nano.evaluate --model weights/nano-gemma3n [--engine minig3n]
 
 Validation loss: the two held-out plays as one token stream (<bos> play <eos> each), cut into windows of
 CONTEXT + 1 ids with stride CONTEXT (every id but the first is predicted exactly once, from up to CONTEXT

