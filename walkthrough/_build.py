@@ -42,7 +42,7 @@ def notebook(cells: list[tuple[str, str]]) -> dict:
 
 
 def render(cells) -> str:
-    return json.dumps(notebook(cells), indent=1, ensure_ascii=False) + "\n"
+    return json.dumps(notebook(cells), indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as Jupyter writes
 
 
 def main(argv: list[str]) -> int:
@@ -57,6 +57,8 @@ def main(argv: list[str]) -> int:
         else:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(HERE.parent)}")
+    if check:
+        stale += sorted(p.name for p in HERE.glob("[0-9][0-9]_*.ipynb") if p.stem not in CHAPTERS)
     if stale:
         print("out of date (run python walkthrough/_build.py): " + ", ".join(stale))
         return 1

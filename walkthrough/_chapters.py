@@ -62,7 +62,7 @@ Module: `minig3n/config.py`, `minig3n/checkpoint.py`. We use the tiny random mul
 '''),
     ("code", SETUP),
     ("code", '''
-from minig3n.config import FULL, SLIDING, Gemma3nConfig, e2b_config
+from minig3n.config import FULL, Gemma3nConfig, e2b_config
 
 TINY = ROOT / "weights" / "tiny-random-gemma3n"
 cfg = Gemma3nConfig.from_file(TINY / "config.json")
@@ -151,6 +151,32 @@ assert np.array_equal(rows[0, 1], bf16_bits_to_float32(table_raw[17]))
 U, LP = e2b.vocab_size_per_layer_input, e2b.num_hidden_layers * e2b.hidden_size_per_layer_input
 print(f"E2B table: {U} x {LP} = {U * LP / 1e9:.2f} B parameters = {U * LP * 2 / 2**30:.2f} GiB in BF16; "
       f"a 3-token prompt reads {3 * LP * 2 / 1024:.0f} KiB of it")
+'''),
+    ("md", '''
+## Sharded checkpoints
+
+Big checkpoints come in shards: `model-00001-of-0000N.safetensors` files plus `model.safetensors.index.json`,
+whose `weight_map` says which shard holds each tensor. `Checkpoint` reads both layouts. Here the tiny
+checkpoint is re-written in 1 MiB shards (by `minig3n slice` with an identity spec, chapter 10) and read
+back: every tensor is bit-identical.
+'''),
+    ("code", '''
+import tempfile
+
+from minig3n.matformer import SliceSpec, slice_checkpoint
+
+with tempfile.TemporaryDirectory() as tmp:
+    sharded = slice_checkpoint(TINY, Path(tmp) / "sharded", SliceSpec(), max_shard_bytes=1 << 20)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    print("shards:", sorted(set(index["weight_map"].values())))
+    ck2 = Checkpoint(sharded)
+    assert sorted(ck2.names) == sorted(ck.names)
+    assert all(np.array_equal(ck2.get(n), ck.get(n)) for n in ck.names)
+print("all", len(ck.names), "tensors identical")
+'''),
+    ("md", '''
+The end-to-end proof that every tensor is read right comes in chapter 08: this checkpoint, run through
+minig3n's decoder, produces the reference's greedy tokens, token for token.
 '''),
     exercise('''
 Re-implement `bf16_bits_to_float32` (and, if you like, the header parsing of `SafetensorsFile`) from
@@ -581,7 +607,7 @@ from minig3n import mlp
 from minig3n.config import TextConfig
 
 z = mlp.std_multiplier(0.95)
-print(f"Phi^-1(0.95): reference float32 {float(z)!r}, exact {NormalDist().inv_cdf(0.95)!r}")
+print(f"Phi^-1(0.95): reference float32 {float(z)!r}, float64 (statistics.NormalDist) {NormalDist().inv_cdf(0.95)!r}")
 assert float(z) == 1.6448535919189453        # numerics doc section 0: the float32 value torch computes
 
 for name in ("text_mlp_sparse", "text_mlp_dense"):
@@ -805,26 +831,32 @@ stripped), user text is stripped, and the assistant's role is written `model`.
 ## Prefill and decode, by hand
 
 The same loop `Generator.generate` runs, written out: greedy tokens must equal the reference's, token for
-token.
+token. **Trap: multimodal ids.** In a multimodal checkpoint the ids from the vision vocabulary offset up
+(`<image_soft_token>`, `<end_of_audio>`, ...) are not looked up in `embed_tokens`: the reference embeds them
+with the hard path of `embed_vision` / `embed_audio` (chapter 09). A random model does generate such ids, so
+the loop passes `inputs_embeds=gen.hard_token_embeds(ids)` (None when there are none); without it the
+generated tokens diverge from the reference's at the first such id.
 '''),
     ("code", '''
 from minig3n import decoder, sampling
+from minig3n.generate import Generator
 from minig3n.kv_cache import KVCache
 
 gg = load_golden("generation_greedy").meta
-model = decoder.load_text_model(TINY, np.float32)
-cfg = model.cfg
-stop = set(cfg.eos_token_ids) | {tok.eos_id, tok.end_of_turn_id}
+gen = Generator.load(TINY, "float32")          # model + tokenizer + stop ids (<eos>, <end_of_turn>, config eos)
+model, cfg = gen.model, gen.model.cfg
+print("stop ids:", sorted(gen.stop_ids), "| multimodal ids start at", model.ckpt.config.vision.vocab_offset)
 
 for prompt_ids, want in zip(gg["tiny_prompt_ids"][:2], gg["tiny_tokens"][:2]):
     cache = KVCache.empty(cfg, 1, np.float32)
     step_ids = np.asarray([prompt_ids])                                  # prefill: the whole prompt
     out = []
     while len(out) < gg["max_new_tokens"]:
-        logits, cache = decoder.forward(model, step_ids, cache=cache, logits_to_keep=1)
+        logits, cache = decoder.forward(model, step_ids, inputs_embeds=gen.hard_token_embeds(step_ids),
+                                        cache=cache, logits_to_keep=1)
         token = sampling.greedy(logits[0, -1])
         out.append(token)
-        if token in stop:
+        if token in gen.stop_ids:
             break
         step_ids = np.asarray([[token]])                                 # decode: one token per call
     assert out == want, (out, want)
@@ -836,7 +868,7 @@ for prompt_ids, want in zip(gg["tiny_prompt_ids"][:2], gg["tiny_tokens"][:2]):
 print(f"cache length {cache.length}, window {cfg.sliding_window}, {cache.nbytes} bytes")
 for i, lt in enumerate(cfg.layer_types):
     k = cache.keys[i]
-    print(f"  layer {i} {lt[:7]:7s}", "shared: nothing" if k is None else f"keys {k.shape[1]} (positions {cache.starts[i]}..)")
+    print(f"  layer {i} {lt.split('_')[0]:7s}", "shared: nothing" if k is None else f"keys {k.shape[1]} (positions {cache.starts[i]}..)")
     if k is not None:
         assert k.shape[1] == (cache.length if lt == "full_attention" else min(cache.length, cfg.sliding_window - 1))
 
@@ -1073,7 +1105,8 @@ import tempfile
 from minig3n import decoder
 
 TINY = ROOT / "weights" / "tiny-random-gemma3n"
-print("tiny: layers", matformer.kv_producers(matformer.Checkpoint(TINY).config.text) if hasattr(matformer, "Checkpoint") else "")
+from minig3n.config import Gemma3nConfig
+print("tiny checkpoint's K/V producers:", matformer.kv_producers(Gemma3nConfig.from_file(TINY / "config.json").text))
 spec = matformer.SliceSpec([100, 160, 64, 64, 192, 50, 16, 112], [1, 7])   # widths of the kept layers; skip 1 and 7
 with tempfile.TemporaryDirectory() as tmp:
     out = matformer.slice_checkpoint(TINY, Path(tmp) / "cut", spec)
@@ -1097,3 +1130,178 @@ own `matformer.py`; `read_published` / `find_published` if you like parsing. Gra
     MINIG3N_STUDENT=path/to/your_dir pytest -m matformer
 '''),
 ]
+
+# ---------------------------------------------------------------------------------------------------------
+# Vision and multimodal: their modules were finished last. LATE chapters are built only when INCLUDE_LATE is
+# True (set once minig3n/mobilenetv5.py, image.py, processor.py and multimodal.py are final and these run).
+LATE = {}
+
+LATE["11_vision"] = [
+    ("md", '''
+# 11 · Vision: image preprocessing and MobileNetV5
+
+**Preprocessing** (`minig3n/image.py`, numerics doc §3.1): RGB, resize to exactly 768 x 768 with PIL's
+BILINEAR (aspect ratio ignored, no crop), times 1/255, **no mean/std normalisation**.
+
+**MobileNetV5** (`minig3n/mobilenetv5.py`, §3.2-3.7): a conv stem, then four stages of *edge residual*,
+*universal inverted residual* and *mobile multi-query attention* blocks, each described by a short timm
+block string; every conv followed by an RMSNorm over channels (`x * w`) and, where stated, tanh-GELU. The
+multi-scale fusion adapter (MSFA) fuses the last two stages into 2048 x 16 x 16 = **256 image tokens**.
+
+Fixtures: `vision_image` (the reference's PIL backend), `vision_encoder` (a scaled-down custom spec with
+every block kind, timm 1.0.31).
+'''),
+    ("code", SETUP),
+    ("md", '''
+**Trap: TensorFlow "SAME" padding.** A stride-2 conv on an even input pads **more at the bottom/right**:
+`total = max((ceil(n/s) - 1) s + k - n, 0)`, `before = total // 2`. For n = 768: k3 -> (0, 1), k5 -> (1, 2).
+PyTorch-style symmetric padding shifts every strided conv by one pixel (a classic porting bug).
+'''),
+    ("code", '''
+from minig3n import mobilenetv5 as mv
+
+print("n=768 k=3 s=2:", mv.same_padding(768, 3, 2), "  k=5:", mv.same_padding(768, 5, 2),
+      "  n=10 k=5 s=1:", mv.same_padding(10, 5, 1))
+assert mv.same_padding(768, 3, 2) == (0, 1) and mv.same_padding(768, 5, 2) == (1, 2)
+
+x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)                 # 0..15, row-major
+w = np.ones((1, 1, 3, 3))
+same = mv.conv2d(x, w, 2)[0, 0]
+sym = np.array([[np.pad(x[0, 0], 1)[r:r + 3, c:c + 3].sum() for c in (0, 2)] for r in (0, 2)])
+print("SAME (pads bottom/right):\\n", same, "\\nsymmetric padding:\\n", sym)
+assert same.tolist() == [[45, 39], [66, 50]] and not np.array_equal(same, sym)
+'''),
+    ("code", '''
+from minig3n.config import VisionConfig
+
+spec = mv.encoder_spec(VisionConfig())                                   # the published mobilenetv5_300m_enc
+print("blocks per stage:", [len(s) for s in spec.stages], "| MSFA taps", spec.msfa_taps,
+      spec.msfa_in_chs, "->", spec.msfa_mid_chs, "->", spec.msfa_out_chs, "at", spec.msfa_resolution)
+shapes = mv.vision_weight_shapes(VisionConfig())
+print(f"{len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes.values()) / 1e6:.1f} M parameters")
+b = spec.stages[2][0]
+print(f"{mv.MOBILENETV5_300M_ARCH_DEF[2][0]} -> {b.kind}: {b.in_chs} -> {b.mid_chs} -> {b.out_chs} channels, "
+      f"depthwise start {b.dw_start} / mid {b.dw_mid} (stride {b.stride}), residual {b.has_skip}")
+assert [len(s) for s in spec.stages] == [3, 5, 37, 39]
+'''),
+    ("md", '''
+## The encoder against timm
+
+The fixture's encoder uses every block kind at a small size (a 64 x 64 input, MSFA output 2 x 2). We run
+pixels -> MSFA output and compare every traced block, then the soft tokens the language model reads:
+flatten the map row-major, times sqrt(2048), then `embed_vision`'s soft path.
+'''),
+    ("code", '''
+g = load_golden("vision_encoder")
+d = dict(g.meta["vision_config"])
+d["model_args"] = dict(d["model_args"], msfa_output_resolution=g.meta["cases"]["sq"]["msfa_output_resolution"])
+vcfg = VisionConfig.from_dict(d)
+for dt, out, tol in MODES:
+    o = {k[len("sq."):]: v for k, v in getattr(g, out).items() if k.startswith("sq.")}
+    p = {k[len("timm_model."):]: v.astype(dt) for k, v in g.weights.items() if k.startswith("timm_model.")}
+    trace = {}
+    feats = mv.vision_encoder(g.inputs["sq.pixel_values"].astype(dt), p, vcfg, trace=trace, prefix="")
+    errs = {k[1:]: rel_err(v, o[k[1:]]) for k, v in trace.items()}
+    worst = max(errs, key=errs.get)
+    print(f"{len(errs)} traced modules ({np.dtype(dt).name}), worst {worst}: {errs[worst]:.2e}")
+    assert errs[worst] <= tol
+    check(f"MSFA output ({np.dtype(dt).name})", feats, o["msfa"], tol)
+    pe = {k[len("embed_vision."):]: v.astype(dt) for k, v in g.weights.items() if k.startswith("embed_vision.")}
+    check(f"image soft tokens ({np.dtype(dt).name})", mv.image_soft_tokens(feats, pe, vcfg), o["soft_tokens"], tol)
+print("feature map", feats.shape, "-> tokens", mv.image_soft_tokens(feats, pe, vcfg).shape)
+'''),
+    ("code", '''
+from minig3n import image
+from tests.vision_test_images import SMALL_CONFIGS, make_images
+
+gi = load_golden("vision_image")
+pics = make_images()
+for name in ("rgb_40x30", "rgba_33x47", "p_36x26"):
+    px = image.preprocess_image(pics[name], SMALL_CONFIGS["bilinear"])
+    check(f"preprocess {name}", px, gi.out32[f"bilinear.{name}"], 1e-6)
+print("pixel values", px.shape, px.dtype, "in [", px.min(), ",", px.max(), "]")
+'''),
+    exercise('''
+Re-implement `same_padding`, `conv2d`, `depthwise_conv2d`, `rms_norm2d`, the three blocks and `msfa`.
+The vision adapter (`tests/adapters/vision.py`) does not use the `MINIG3N_STUDENT` switch yet: grade your
+functions by pointing its `run_*` bodies at them, then run
+
+    pytest tests/test_vision_encoder.py tests/test_vision_image.py
+'''),
+]
+
+LATE["12_multimodal"] = [
+    ("md", '''
+# 12 · Multimodal: one sequence with text, images and audio
+
+The processor (`minig3n/processor.py`) turns chat messages with image and audio parts into ids and arrays:
+each image becomes `\\n\\n<start_of_image>` + N x `<image_soft_token>` + `<end_of_image>\\n\\n` (N = 256 in
+E2B/E4B), each audio clip the same with 188 `<audio_soft_token>`s. The model (`minig3n/multimodal.py`,
+numerics doc §4) then, per position:
+
+1. `embed_tokens(id) * sqrt(D)` for every id;
+2. ids from the vision offset up take the **hard** path of `embed_vision` / `embed_audio`;
+3. image soft tokens are overwritten, in order, by the vision tower's tokens (chapter 11);
+4. audio soft tokens by the audio tower's (chapter 09), invalid frames replaced, padded to 188 with the
+   hard embedding of the last audio id;
+5. PLE: the token part from the **original** ids (every id >= the PLE vocabulary -> row 0), the
+   projection part from the **merged** embeddings; then the text decoder as usual, causal everywhere.
+
+Fixture: `multimodal_conversation` (the tiny checkpoint, two images and a 0.8 s clip; logits at 43
+positions and 32 greedy tokens from `Gemma3nForConditionalGeneration`).
+'''),
+    ("code", SETUP),
+    ("code", '''
+from minig3n import multimodal
+
+TINY = ROOT / "weights" / "tiny-random-gemma3n"
+g = load_golden("multimodal_conversation")
+ids = g.inputs["input_ids"].astype(np.int64)
+model = multimodal.load_multimodal_model(TINY, np.float64)
+cfg = model.ckpt.config
+strip = "".join("I" if i == cfg.image_token_id else "A" if i == cfg.audio_token_id else
+                "[" if i in (cfg.boi_token_id, cfg.boa_token_id) else "]" if i in (cfg.eoi_token_id, cfg.eoa_token_id)
+                else "." for i in ids[0])
+print(f"{ids.shape[1]} tokens (I image soft, A audio soft, [ ] begin/end, . text):")
+print("\\n".join(strip[i:i + 100] for i in range(0, len(strip), 100)))
+'''),
+    ("code", '''
+pos = g.inputs["positions"].astype(np.int64)
+for dt, out, tol in ((np.float32, "out32", 1e-4), (np.float64, "out64", 1e-10)):
+    m = model if dt == np.float64 else multimodal.load_multimodal_model(TINY, dt)
+    logits, _ = multimodal.forward(m, ids, pixel_values=g.inputs["pixel_values"].astype(dt),
+                                   input_features=g.inputs["input_features"].astype(dt),
+                                   input_features_mask=g.inputs["input_features_mask"].astype(bool))
+    check(f"logits at {len(pos)} positions ({np.dtype(dt).name})", logits[0, pos], getattr(g, out)["logits"], tol)
+assert (logits[0].argmax(-1) == g.out32["argmax"].astype(np.int64)).all()
+'''),
+    ("md", '''
+**Trap: the PLE token part reads the original ids.** Every image/audio id (>= the PLE vocabulary) reads
+PLE row 0, so all of them share one token part, while the projection part (from the merged embeddings)
+differs from one image token to the next:
+'''),
+    ("code", '''
+trace = {}
+multimodal.forward(model, ids, pixel_values=g.inputs["pixel_values"].astype(np.float64),
+                   input_features=g.inputs["input_features"].astype(np.float64),
+                   input_features_mask=g.inputs["input_features_mask"].astype(bool), trace=trace)
+X = model.text.prefix
+tok, proj = trace[X + "embed_tokens_per_layer"], trace[X + "per_layer_model_projection"]
+mm = np.flatnonzero(ids[0] >= model.text.cfg.vocab_size_per_layer_input)
+img = np.flatnonzero(ids[0] == cfg.image_token_id)
+print(f"{len(mm)} multimodal positions share one PLE token row: {bool(np.all(tok[mm] == tok[mm[0]]))}; "
+      f"projection parts of two image tokens equal: {bool(np.allclose(proj[img[0]], proj[img[1]]))}")
+assert np.all(tok[mm] == tok[mm[0]]) and not np.allclose(proj[img[0]], proj[img[1]])
+'''),
+    exercise('''
+Re-implement the merge (`merge_embeddings`, `hard_token_embeddings`, `audio_features`) and the processor's
+placeholder expansion. The multimodal adapter (`tests/adapters/multimodal.py`) does not use the
+`MINIG3N_STUDENT` switch yet: grade your functions by pointing its `run_*` bodies at them, then run
+
+    pytest tests/test_multimodal.py
+'''),
+]
+
+INCLUDE_LATE = False
+if INCLUDE_LATE:
+    CHAPTERS.update(LATE)

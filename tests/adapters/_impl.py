@@ -99,3 +99,16 @@ def source_of(name: str, attr: str) -> str:
     """'student' or 'minig3n': where ``impl(name).<attr>`` comes from (for reports and tests)."""
     student = student_module(name)
     return "student" if student is not None and attr in vars(student) else "minig3n"
+
+
+def describe() -> str | None:
+    """One line for pytest's header: whose code the adapters call (None when MINIG3N_STUDENT is unset)."""
+    try:
+        d = student_dir()
+    except StudentImportError as e:
+        return str(e)
+    if d is None:
+        return None
+    files = sorted(p.name for p in d.glob("*.py"))
+    return (f"{ENV}={d}: grading your {', '.join(files) or '(no .py files found)'}; every function they do not "
+            "define is minig3n's")
