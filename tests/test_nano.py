@@ -92,7 +92,7 @@ def test_tokenizer_special_tokens():
     sp = spm.SentencePieceProcessor(model_file=str(NANO / "tokenizer.model"))
     assert [sp.id_to_piece(i) for i in range(len(SPECIAL))] == SPECIAL
     assert sp.get_piece_size() == json.loads((NANO / "config.json").read_text())["vocab_size"]
-    assert sp.encode("<start_of_turn>user\n") [0] == 4               # user-defined: matched in raw text
+    assert sp.encode("<start_of_turn>user\n")[0] == 4               # user-defined: matched in raw text
     assert sp.piece_to_id("<0x0A>") > 0                                 # byte fallback pieces present
     tok = json.loads((NANO / "tokenizer.json").read_text())
     added = {t["content"]: t["id"] for t in tok["added_tokens"]}

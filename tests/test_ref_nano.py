@@ -3,7 +3,7 @@
 * minig3n and the reference give the same greedy continuation (64 tokens) on five prompts, and the
   committed golden (``tests/goldens/nano_greedy.safetensors``) still equals the reference's;
 * the same validation loss on the committed held-out slice (float32: 1e-5 relative);
-* the tokenizer files load with AutoTokenizer and tokenize exactly as ``tokenizer.model``;
+* the tokenizer files load with AutoTokenizer and tokenize exactly as ``tokenizer.model`` and minig3n;
 * training is deterministic (two short runs from one seed give identical losses) and gradients reach the
   gate projections of the layers with the (hard-threshold) gaussian top-k activation sparsity.
 """
@@ -71,13 +71,14 @@ def test_validation_loss_live(ref, model):
     assert abs(summary["eval_slice_loss"] - want) <= 1e-5 * want  # the model card's figure is this model's
 
 
-def test_autotokenizer_matches_sentencepiece(sp):
+def test_autotokenizer_matches_sentencepiece_and_minig3n(sp):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(NANO)
     text = ("MACBETH.\nIs this a dagger which I see before me,\nThe handle toward my hand?  Come, let me "
             "clutch thee.\n<start_of_turn>user\nHi 42 caf\u00e9 \u00fc<end_of_turn>\n")
     assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+    assert tok(text)["input_ids"] == [2] + sp.encode(text) == adapter.run_encode(NANO, text)  # <bos> first
     assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     assert tok.decode(sp.encode(text)) == text
 
@@ -98,9 +99,12 @@ def test_training_is_deterministic():
 
     torch.set_num_threads(1)
     ids = np.random.default_rng(0).integers(0, nano_model.CONFIG["vocab_size"], 5000).astype(np.int32)
-    runs = [train.train(nano_model.build(7), ids, _tiny_args(3), progress=False) for _ in range(2)]
-    assert runs[0] == runs[1]
-    assert runs[0][-1] < runs[0][0]
+    models = [nano_model.build(7) for _ in range(2)]
+    before = models[0].model.layers[0].mlp.gate_proj.weight.detach().clone()
+    runs = [train.train(m, ids, _tiny_args(3), progress=False) for m in models]
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    after = [m.model.layers[0].mlp.gate_proj.weight.detach() for m in models]
+    assert torch.equal(after[0], after[1]) and not torch.equal(after[0], before)  # trained, identically
 
 
 def test_gradients_reach_sparse_layers():

@@ -200,8 +200,9 @@ of each token**. Two parts, computed once before layer 0 (numerics doc §1.3):
    times D^-0.5, reshape to [L, P], RMS-norm over P with one shared weight [P].
 
 `ple = (projection + token part) * 1/sqrt(2)`; layer l receives `ple[:, :, l, :]` and mixes it into the
-AltUp streams after its MLP (chapter 07). The table is most of E2B's parameters ("E2B" = 2 B *effective*
-parameters: the table lives on disk, chapter 01).
+AltUp streams after its MLP (chapter 07). In E2B the table alone holds 2.0 B parameters, about as many
+as the rest of the decoder; the "2B" of E2B counts *effective* parameters, which leave out the embedding
+tables (chapter 10), and the table stays on disk, read row by row (chapter 01).
 
 Module: `minig3n/ple.py` (`ple_ids`, `per_layer_token_inputs`, `project_per_layer_inputs`,
 `per_layer_inputs`). Fixture: `tests/goldens/text_ple.safetensors`.
@@ -1081,6 +1082,9 @@ print(f"E4B cut by the official E2B row: total {c.total:,}  text {c.text:,}  eff
 assert (c.total, c.text, c.effective) == (5_976_833_408, 4_456_156_768, 1_905_495_648)
 assert e2b_cut.text.intermediate_size == e2b_config().text.intermediate_size
 assert e2b_cut.text.layer_types == e2b_config().text.layer_types
+print(f"text = effective {c.effective / 1e9:.2f} B + token embedding {c.token_embedding / 1e9:.2f} B "
+      f"+ per-layer embeddings {c.per_layer_embedding / 1e9:.2f} B")
+assert c.text == c.effective + c.token_embedding + c.per_layer_embedding
 '''),
     ("md", '''
 **Experiment: a prefix of the FFN is the FFN with the other units switched off.** Cutting the weights

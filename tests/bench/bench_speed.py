@@ -367,6 +367,14 @@ def check(work: Path, case: str, ours: dict, ref: dict) -> str:
     return f"rel err {e:.1e}"
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small models and inputs (smoke test)")
@@ -401,11 +409,11 @@ def main(argv=None):
     b = rows[0][1]["blas"]                      # NumPy's BLAS as the minig3n worker saw it
     env_note = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
     print(f"bench_speed {'--quick ' if a.quick else ''}{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}"
-          f"  nproc {os.cpu_count()}  load avg {load0[0]:.2f} -> {load1[0]:.2f}  ({platform.processor() or platform.machine()})")
+          f"  {cpu_model()}  nproc {os.cpu_count()}  load avg {load0[0]:.2f} -> {load1[0]:.2f}")
     print(f"python {platform.python_version()}  numpy {b['numpy']}  torch {facts['torch']}  transformers "
           f"{facts['transformers']}" + (f"  timm {facts['timm']}" if "timm" in facts else ""))
-    print(f"threads {a.threads}: torch {facts['torch_threads']} ({facts['torch_blas']}), NumPy BLAS {b.get('blas')} "
-          f"core {b.get('core', '?')} threads {b.get('threads', '?')}; {env_note}")
+    print(f"threads {a.threads}: torch {rows[0][2]['torch_threads']} ({facts['torch_blas']}), "
+          f"NumPy BLAS {b.get('blas')} core {b.get('core', '?')} threads {b.get('threads', '?')}; {env_note}")
     sizes = [f"{k.split('_')[0]} {facts[k] / 1e6:.3g}M" for k in ("audio_params", "vision_params") if k in facts]
     if sizes:
         print("random weights, parameters: " + ", ".join(sizes))
