@@ -45,12 +45,24 @@ def render(cells) -> str:
     return json.dumps(notebook(cells), indent=1, sort_keys=True, ensure_ascii=False) + "\n"  # as Jupyter writes
 
 
+def navigation(names: list[str], i: int) -> tuple[str, str]:
+    """A closing markdown cell linking the previous chapter, the index and the next chapter."""
+    links = []
+    if i > 0:
+        links.append(f"previous: [{names[i - 1]}]({names[i - 1]}.ipynb)")
+    links.append("[all chapters](README.md) · [assignments](ASSIGNMENTS.md)")
+    if i + 1 < len(names):
+        links.append(f"next: [{names[i + 1]}]({names[i + 1]}.ipynb)")
+    return ("md", " | ".join(links))
+
+
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for name, cells in CHAPTERS.items():
+    names = list(CHAPTERS)
+    for i, (name, cells) in enumerate(CHAPTERS.items()):
         path = HERE / f"{name}.ipynb"
-        text = render(cells)
+        text = render(list(cells) + [navigation(names, i)])
         if check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(path.name)
