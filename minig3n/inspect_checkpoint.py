@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import Checkpoint, text_weight_shapes
+from .embedder import embedder_weight_shapes
+from .mobilenetv5 import vision_weight_shapes
+from .usm import audio_weight_shapes
 
 
 def expected_shapes(ckpt: Checkpoint) -> dict:
@@ -16,16 +19,10 @@ def expected_shapes(ckpt: Checkpoint) -> dict:
     cfg = ckpt.config
     shapes = text_weight_shapes(cfg.text, ckpt.text_prefix)
     if cfg.is_multimodal:
-        try:  # the tower modules provide their own shape tables
-            from .usm import audio_weight_shapes
-            shapes.update(audio_weight_shapes(cfg.audio))
-        except ImportError:
-            pass
-        try:
-            from .mobilenetv5 import vision_weight_shapes
-            shapes.update(vision_weight_shapes(cfg.vision, "model.vision_tower.timm_model."))
-        except ImportError:
-            pass
+        shapes.update(audio_weight_shapes(cfg.audio))
+        shapes.update(vision_weight_shapes(cfg.vision, "model.vision_tower.timm_model."))
+        shapes.update(embedder_weight_shapes(cfg.audio, cfg.text, "model.embed_audio."))
+        shapes.update(embedder_weight_shapes(cfg.vision, cfg.text, "model.embed_vision."))
     return shapes
 
 
