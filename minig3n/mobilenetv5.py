@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import accel
 from .checkpoint import sub_params
 from .errors import CheckpointError, ConfigError, InputError
 
@@ -365,6 +366,7 @@ def depthwise_conv2d(x, w, stride=1, dilation=1):
     ``w`` [C, 1, k, k]. Computed as a sum of k*k shifted, strided views, each times one tap per channel:
     ``y[c] = sum_ij w[c, i, j] * xpad[c, i*d + s*y, j*d + s*x]``.
     """
+    if accel.use_numba(x): return accel.depthwise_conv2d(x, w, stride, dilation)  # same sums, compiled: accel.py
     B, C, Y, X = x.shape
     k = w.shape[-1]
     Yo, Xo = -(-Y // stride), -(-X // stride)
@@ -391,6 +393,7 @@ def pointwise_conv(x, w):
 def rms_norm2d(x, weight, eps=EPS):
     """timm ``RmsNorm2d``: per pixel over channels, ``x * rsqrt(mean_c(x^2) + eps) * w[c]``.
     [B, C, Y, X] -> [B, C, Y, X]. No float32 island: it computes in the input's dtype."""
+    if accel.use_numba(x): return accel.rms_norm2d(x, weight, eps)  # same sums, compiled: accel.py
     t = x.dtype.type
     ms = np.add.reduce(np.square(x), axis=1, keepdims=True)                     # [B, 1, Y, X]
     ms /= t(x.shape[1])                                                         # mean over channels

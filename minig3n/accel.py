@@ -1,0 +1,197 @@
+"""Optional numba twins of the NumPy kernels where NumPy's whole-array style costs real time.
+
+The idea: minig3n is written in NumPy so that every step reads like the maths. A few kernels are not one
+BLAS call but many whole-array passes (a depthwise kxk conv is k*k multiply-and-add passes over the output
+plus a padded copy of the input), and there a compiled loop that touches each output once is several times
+faster. This module holds those loops, compiled by numba (``pip install 'minig3n[numba]'``); each is the
+*twin* of a NumPy function that stays the readable reference in its concept module and calls the twin from
+its first line. The twin computes the same sums in the same order and dtype (float32 stays float32 and
+accumulates in float32), so its result equals the NumPy one up to the sign of an exact zero; the tests
+(``tests/test_accel.py``) check that they agree.
+
+Selection rule (read on every call, so a test or a user can switch it at run time):
+
+* ``MINIG3N_ACCEL`` unset or empty: the numba twin when numba can be imported, else NumPy;
+* ``MINIG3N_ACCEL=numpy``: always NumPy;
+* ``MINIG3N_ACCEL=numba``: always numba; ``ConfigError`` if numba cannot be imported;
+* any other value: ``ConfigError``.
+
+Twins exist for float32 and float64 inputs only (other dtypes take the NumPy path). numba is imported on
+the first call that wants it, never at ``import minig3n`` (about 0.2 s). Kernels are compiled with
+``cache=True``: the first process compiles them (about 1.6 s for both kernels in both dtypes) into
+``minig3n/__pycache__``; later processes load them from there (about 0.2 s).
+
+Twins, and what they bought on the 300M vision encoder (768 x 768 image, float32, one thread, cProfile;
+the encoder took 10.0 s in NumPy, 8.4 s with both twins; figures against the reference in
+tests/bench/README.md):
+
+* ``depthwise_conv2d`` (``mobilenetv5.depthwise_conv2d``): TF-"SAME" depthwise conv, NCHW, 45 calls,
+  1.49 s -> 0.19 s. NumPy makes k*k passes over the output plus a padded copy; the twin reads each input
+  row from cache, skips the padding instead of copying it, and splits strided inputs into column phases
+  so every inner loop is contiguous (vectorised).
+* ``rms_norm2d`` (``mobilenetv5.rms_norm2d``): RMSNorm over the channels of each pixel, 184 calls,
+  0.82 s -> 0.46 s: two reads and one write of the map instead of about seven whole-array passes.
+
+Left out, because numba does not pay there: the audio encoder (90 % of its time is BLAS matmuls; the
+local-attention gather, softmax and width-5 light conv together are about 2 %); the element-wise GELU and
+the attention softmax (NumPy's SIMD ``tanh``/``exp`` are 4-5x faster than the scalar libm calls numba makes
+without SVML); the im2col copy before the dense convs (a memory copy already); and parallel loops
+(``parallel=False``: the machine's cores are shared, and the BLAS calls around these kernels have threads).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import ConfigError
+
+ENV = "MINIG3N_ACCEL"
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_numba = None            # the numba module once imported; False if the import failed
+_jitted: dict = {}       # kernel name -> numba dispatcher
+_NO_NUMBA = (f"{ENV}=numba but numba cannot be imported: pip install 'minig3n[numba]' "
+             f"(or unset {ENV} to use the NumPy kernels)")
+
+
+def _import_numba():
+    global _numba
+    if _numba is None:
+        try:
+            import numba
+            _numba = numba
+        except ImportError:
+            _numba = False
+    return _numba
+
+
+def mode() -> str:
+    """``"numpy"`` or ``"numba"``: which implementation the kernels in this module's list use now."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value == "numpy":
+        return "numpy"
+    if value not in ("", "numba"):
+        raise ConfigError(f"environment variable {ENV}={os.environ[ENV]!r}: expected 'numpy', 'numba' or unset")
+    if _import_numba():
+        return "numba"
+    if value == "numba":
+        raise ConfigError(_NO_NUMBA)
+    return "numpy"
+
+
+def use_numba(x) -> bool:
+    """True when the numba twin should run on the array ``x`` (the rule above; float32/float64 only: the
+    twins, like the NumPy code, cast their weights to ``x``'s dtype)."""
+    return np.asarray(x).dtype in _DTYPES and mode() == "numba"
+
+
+def _kernel(name: str):
+    """The compiled twin of the plain-Python loop ``_<name>_loops`` (compiled once, cached on disk)."""
+    if name not in _jitted:
+        if not _import_numba():
+            raise ConfigError(_NO_NUMBA)
+        _jitted[name] = _numba.njit(cache=True, nogil=True)(globals()[f"_{name}_loops"])
+    return _jitted[name]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Depthwise conv (twin of mobilenetv5.depthwise_conv2d)
+# ----------------------------------------------------------------------------------------------------
+
+def depthwise_conv2d(x, w, stride=1, dilation=1):
+    """Depthwise kxk conv, TF-"SAME" padding, as ``mobilenetv5.depthwise_conv2d``.
+    [B, C, Y, X] -> [B, C, Yo, Xo];  w [C, 1, k, k]"""
+    from .mobilenetv5 import same_padding
+
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    k = w.shape[-1]
+    taps = np.ascontiguousarray(np.asarray(w).astype(x.dtype, copy=False).reshape(C, k, k))  # [C, k, k]
+    top, _ = same_padding(Y, k, stride, dilation)
+    left, _ = same_padding(X, k, stride, dilation)
+    Yo, Xo = -(-Y // stride), -(-X // stride)
+    y = np.zeros((B, C, Yo, Xo), dtype=x.dtype)                                 # [B, C, Yo, Xo]
+    _kernel("depthwise_conv2d")(x, taps, y, stride, dilation, top, left)
+    return y
+
+
+def _depthwise_conv2d_loops(x, taps, y, stride, dilation, top, left):
+    """y[b, c, yo, xo] += taps[c, i, j] * x[b, c, yo*s + i*d - top, xo*s + j*d - left], taps in the order
+    (i, j) = (0, 0), (0, 1), ... as the NumPy version adds its shifted views; positions in the zero
+    padding are skipped (they would add exact zeros). One output row at a time stays in cache.
+
+    With stride s > 1 each channel is first split into s column phases (``phases[r, yi, m] =
+    x[.., yi, m*s + r]``), so that every tap reads a contiguous run: column ``xo*s + off`` is
+    ``phases[off % s, yi, xo + off // s]``. Contiguous inner loops are what the compiler vectorises."""
+    B, C, Y, X = x.shape
+    k = taps.shape[1]
+    Yo, Xo = y.shape[2], y.shape[3]
+    # Per tap column j (the same for every row and channel): its phase, shift and valid output columns.
+    phase, shift = np.empty(k, np.int64), np.empty(k, np.int64)
+    lo, hi = np.empty(k, np.int64), np.empty(k, np.int64)
+    for j in range(k):
+        off = j * dilation - left                                          # column xo * stride + off
+        phase[j] = off % stride
+        shift[j] = (off - phase[j]) // stride
+        n = (X - phase[j] + stride - 1) // stride                          # columns in that phase
+        lo[j], hi[j] = max(0, -shift[j]), min(Xo, n - shift[j])
+    phases = np.empty((stride, Y, (X + stride - 1) // stride), dtype=x.dtype)  # [s, Y, ceil(X/s)]
+    for b in range(B):
+        for c in range(C):
+            if stride == 1:
+                phases = x[b, c:c + 1]                                      # [1, Y, X] view, no copy
+            else:
+                for r in range(stride):
+                    for yi in range(Y):
+                        for m in range((X - r + stride - 1) // stride):
+                            phases[r, yi, m] = x[b, c, yi, m * stride + r]
+            for yo in range(Yo):
+                out = y[b, c, yo]
+                for i in range(k):
+                    yi = yo * stride + i * dilation - top
+                    if yi < 0 or yi >= Y:
+                        continue
+                    for j in range(k):
+                        if hi[j] <= lo[j]:
+                            continue
+                        t = taps[c, i, j]
+                        dst = out[lo[j]:hi[j]]
+                        src = phases[phase[j], yi, lo[j] + shift[j]:hi[j] + shift[j]]
+                        for m in range(hi[j] - lo[j]):
+                            dst[m] += src[m] * t
+
+
+# ----------------------------------------------------------------------------------------------------
+# RmsNorm2d (twin of mobilenetv5.rms_norm2d)
+# ----------------------------------------------------------------------------------------------------
+
+def rms_norm2d(x, weight, eps):
+    """timm ``RmsNorm2d`` over the channels of each pixel, as ``mobilenetv5.rms_norm2d``.
+    [B, C, Y, X] -> [B, C, Y, X]"""
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    t = x.dtype.type
+    w = np.ascontiguousarray(np.asarray(weight).astype(x.dtype, copy=False))   # [C]
+    y = np.empty_like(x)                                                        # [B, C, Y, X]
+    _kernel("rms_norm2d")(x.reshape(B, C, Y * X), w, y.reshape(B, C, Y * X), t(C), t(eps), t(1.0))
+    return y
+
+
+def _rms_norm2d_loops(x, w, y, count, eps, one):
+    """Per pixel n: ``ms = x[0]^2 + x[1]^2 + ...`` (channels in order, as NumPy's reduction over a
+    non-contiguous axis adds them), ``inv = one / sqrt(ms / count + eps)``, ``y[c] = (x[c] * inv) * w[c]``.
+    ``count``, ``eps``, ``one`` come in the working dtype, so float32 stays float32 throughout."""
+    B, C, N = x.shape
+    ms = np.empty(N, dtype=x.dtype)                                             # [Y*X]
+    for b in range(B):
+        ms[:] = 0
+        for c in range(C):
+            row = x[b, c]
+            for n in range(N):
+                ms[n] += row[n] * row[n]
+        for n in range(N):
+            ms[n] = one / np.sqrt(ms[n] / count + eps)                          # now the inverse rms
+        for c in range(C):
+            row, out, wc = x[b, c], y[b, c], w[c]
+            for n in range(N):
+                out[n] = row[n] * ms[n] * wc
