@@ -366,7 +366,8 @@ def depthwise_conv2d(x, w, stride=1, dilation=1):
     ``w`` [C, 1, k, k]. Computed as a sum of k*k shifted, strided views, each times one tap per channel:
     ``y[c] = sum_ij w[c, i, j] * xpad[c, i*d + s*y, j*d + s*x]``.
     """
-    if accel.use_numba(x): return accel.depthwise_conv2d(x, w, stride, dilation)  # same sums, compiled: accel.py
+    if accel.use_numba(x):  # the same sums, compiled (optional numba extra): accel.py
+        return accel.depthwise_conv2d(x, w, stride, dilation)
     B, C, Y, X = x.shape
     k = w.shape[-1]
     Yo, Xo = -(-Y // stride), -(-X // stride)
@@ -393,7 +394,8 @@ def pointwise_conv(x, w):
 def rms_norm2d(x, weight, eps=EPS):
     """timm ``RmsNorm2d``: per pixel over channels, ``x * rsqrt(mean_c(x^2) + eps) * w[c]``.
     [B, C, Y, X] -> [B, C, Y, X]. No float32 island: it computes in the input's dtype."""
-    if accel.use_numba(x): return accel.rms_norm2d(x, weight, eps)  # same sums, compiled: accel.py
+    if accel.use_numba(x):  # the same sums, compiled (optional numba extra): accel.py
+        return accel.rms_norm2d(x, weight, eps)
     t = x.dtype.type
     ms = np.add.reduce(np.square(x), axis=1, keepdims=True)                     # [B, 1, Y, X]
     ms /= t(x.shape[1])                                                         # mean over channels
