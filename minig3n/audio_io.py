@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 
 from .errors import InputError
-from .features import SAMPLING_RATE
+from .features import SAMPLING_RATE, check_waveform  # noqa: F401  (check_waveform: part of this API)
 
 _INT_SCALE = {np.dtype("int16"): 32768.0, np.dtype("int32"): 2147483648.0}
 
@@ -85,19 +85,6 @@ def resample(x: np.ndarray, rate: int, target: int = SAMPLING_RATE) -> np.ndarra
     return resample_poly(x.astype(np.float64), target // g, int(rate) // g).astype(np.float32)
 
 
-def check_waveform(x: np.ndarray, what: str = "audio") -> np.ndarray:
-    """Raise InputError unless ``x`` is a non-empty 1-D array of finite numbers; return it as float32."""
-    x = np.asarray(x)
-    if x.dtype.kind not in "iuf":
-        raise InputError(f"{what} must hold numbers, got dtype {x.dtype}")
-    if x.ndim != 1:
-        raise InputError(f"{what} must be 1-D [samples] after mixing down, got shape {x.shape}")
-    if x.size == 0:
-        raise InputError(f"{what} is empty (0 samples)")
-    x = x.astype(np.float32)                                                 # [A]
-    if not np.all(np.isfinite(x)):
-        raise InputError(f"{what} contains NaN or infinite samples")
-    return x
 
 
 def load_audio(source, sampling_rate: int | None = None) -> np.ndarray:

@@ -117,6 +117,22 @@ def log_mel(waveform: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
     return np.log(np.maximum(mel, MEL_FLOOR)).astype(np.float32)             # [B, F, M]
 
 
+def check_waveform(x: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Raise InputError unless ``x`` is a non-empty 1-D array of finite numbers; return it as float32."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise InputError(f"{what} must hold numbers, got dtype {x.dtype}")
+    if x.ndim != 1:
+        raise InputError(f"{what} must be 1-D [samples], got shape {x.shape} (mix stereo down first: "
+                         "minig3n.audio_io.to_mono)")
+    if x.size == 0:
+        raise InputError(f"{what} is empty (0 samples)")
+    x = x.astype(np.float32)                                                 # [A]
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{what} contains NaN or infinite samples")
+    return x
+
+
 def _as_waveforms(waveforms) -> list[np.ndarray]:
     """Accept one waveform (1-D array or list of floats), a 2-D array (one row each) or a list of 1-D arrays."""
     if isinstance(waveforms, np.ndarray):
@@ -140,17 +156,7 @@ def _as_waveforms(waveforms) -> list[np.ndarray]:
             w = np.asarray(w)                                                # [A]
         except ValueError:
             raise InputError(f"audio #{i} is ragged; give one 1-D array per waveform") from None
-        if w.ndim != 1:
-            raise InputError(f"audio #{i} must be 1-D [samples], got shape {w.shape} (mix stereo down first: "
-                             "minig3n.audio_io.to_mono)")
-        if w.dtype.kind not in "iuf":
-            raise InputError(f"audio #{i} must hold numbers, got dtype {w.dtype}")
-        if w.size == 0:
-            raise InputError(f"audio #{i} is empty (0 samples)")
-        w = w.astype(np.float32)                                             # [A]
-        if not np.all(np.isfinite(w)):
-            raise InputError(f"audio #{i} contains NaN or infinite samples")
-        out.append(w)
+        out.append(check_waveform(w, f"audio #{i}"))                        # [A] float32
     return out
 
 

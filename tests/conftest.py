@@ -42,3 +42,13 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and skipped and exitstatus == 0:
         reporter.write_line(f"CI: {skipped} test(s) skipped; minig3n's CI requires zero skips", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Reference tests: torch on one thread (stable timings on a shared 2-core machine, identical sums)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,15 +15,7 @@ from tests.golden_io import rel_err
 from tests.reference.goldens_audio import TINY, TINY_CTX, randomize, wave
 from tests.reference.lift_audio import lift_audio
 
-pytestmark = [pytest.mark.reference, pytest.mark.audio]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.reference, pytest.mark.audio, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.mark.parametrize("kw", [{}, TINY, TINY_CTX], ids=["default", "tiny", "tiny_ctx"])

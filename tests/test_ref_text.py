@@ -15,15 +15,7 @@ from tests.golden_io import rel_err
 from tests.reference.lift_text import lifted_text
 from tests.reference.text_models import F, S, tiny_causal_lm, tiny_multimodal
 
-pytestmark = [pytest.mark.reference, pytest.mark.text]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.reference, pytest.mark.text, pytest.mark.usefixtures("one_torch_thread")]
 
 
 CONFIGS = {

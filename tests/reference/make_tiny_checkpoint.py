@@ -107,15 +107,7 @@ VISION_CFG = dict(
 # pieces, each a message {1: piece (string), 2: score (float), 3: type (enum; 1 normal, 3 control, 4 user-defined,
 # 6 byte)}; the other fields (trainer/normalizer specs) are copied unchanged.
 
-def _varint(b: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        c = b[i]
-        i += 1
-        result |= (c & 0x7F) << shift
-        if c < 0x80:
-            return result, i
-        shift += 7
+from minig3n.tokenizer import _varint  # noqa: E402  (the protobuf varint reader minig3n uses too)
 
 
 def _enc_varint(n: int) -> bytes:
