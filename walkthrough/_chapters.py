@@ -1136,8 +1136,7 @@ own `matformer.py`; `read_published` / `find_published` if you like parsing. Gra
 ]
 
 # ---------------------------------------------------------------------------------------------------------
-# Vision and multimodal: their modules were finished last. LATE chapters are built only when INCLUDE_LATE is
-# True (set once minig3n/mobilenetv5.py, image.py, processor.py and multimodal.py are final and these run).
+# Vision and multimodal.
 LATE = {}
 
 LATE["11_vision"] = [
@@ -1227,10 +1226,9 @@ print("pixel values", px.shape, px.dtype, "in [", px.min(), ",", px.max(), "]")
 '''),
     exercise('''
 Re-implement `same_padding`, `conv2d`, `depthwise_conv2d`, `rms_norm2d`, the three blocks and `msfa`.
-The vision adapter (`tests/adapters/vision.py`) does not use the `MINIG3N_STUDENT` switch yet: grade your
-functions by pointing its `run_*` bodies at them, then run
+Put them in `mobilenetv5.py` / `image.py` in your `MINIG3N_STUDENT` directory (ASSIGNMENTS.md), then run
 
-    pytest tests/test_vision_encoder.py tests/test_vision_image.py
+    MINIG3N_STUDENT=~/my_g3n pytest tests/test_vision_encoder.py tests/test_vision_image.py
 '''),
 ]
 
@@ -1299,13 +1297,11 @@ assert np.all(tok[mm] == tok[mm[0]]) and not np.allclose(proj[img[0]], proj[img[
 '''),
     exercise('''
 Re-implement the merge (`merge_embeddings`, `hard_token_embeddings`, `audio_features`) and the processor's
-placeholder expansion. The multimodal adapter (`tests/adapters/multimodal.py`) does not use the
-`MINIG3N_STUDENT` switch yet: grade your functions by pointing its `run_*` bodies at them, then run
+placeholder expansion in `multimodal.py` / `processor.py` in your `MINIG3N_STUDENT` directory
+(ASSIGNMENTS.md), then run
 
-    pytest tests/test_multimodal.py
+    MINIG3N_STUDENT=~/my_g3n pytest tests/test_multimodal.py
 '''),
 ]
 
-INCLUDE_LATE = False
-if INCLUDE_LATE:
-    CHAPTERS.update(LATE)
+CHAPTERS.update(LATE)
