@@ -22,7 +22,7 @@ import numpy as np
 from tests.golden_io import save_golden
 from tests.reference.generation_cases import (CONVERSATIONS, DECODE_BYTE_RUNS, GENERATION_PROMPTS,
                                               TOKENIZER_STRINGS)
-from tests.reference.make_tiny_checkpoint import OUT as TINY
+from tests.reference.make_tiny_checkpoint import OUT as TINY, randomize_with_margins
 
 MAX_NEW = 64
 SECOND_SEED = 424242
@@ -63,17 +63,7 @@ def second_model():
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
     torch.manual_seed(SECOND_SEED)
     model = Gemma3nForCausalLM(Gemma3nTextConfig(**SECOND_TEXT)).eval()
-    gen = torch.Generator().manual_seed(SECOND_SEED + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("embed_tokens.weight"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.25)
-            elif name.endswith("embed_tokens_per_layer.weight"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif p.ndim == 1:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif ".altup." in name and ("coefs" in name or "modality_router" in name):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    randomize_with_margins(model, SECOND_SEED + 1)
     return model
 
 

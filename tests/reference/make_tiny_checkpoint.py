@@ -227,6 +227,29 @@ def build_tokenizer(model_path: Path):
 
 # --- model -------------------------------------------------------------------------------------------------
 
+def randomize_with_margins(model, seed: int) -> None:
+    """Seeded init that keeps activations lively and greedy choices clear: token embedding N(0, 0.25) (logits
+    of a few units through the tied head), PLE table N(0, 0.1), vision stem bias N(0, 0.1), every 1-D weight
+    uniform(0.5, 1.5) (norm scales away from 0 and 1), AltUp coefficients and router N(0, 0.2); the other
+    matrices keep transformers' init, and none may be left constant. Shared with tests/reference/goldens_generation.py."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("embed_tokens.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.25)
+            elif name.endswith("embed_tokens_per_layer.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif name.endswith("conv_stem.conv.bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif p.ndim == 1:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif ".altup." in name and ("coefs" in name or "modality_router" in name):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+            elif bool((p == p.flatten()[0]).all()):
+                raise AssertionError(f"{name} is constant after init; give it a random init")
+
+
 def build_model():
     import torch
     import tests.reference.timm_custom  # noqa: F401  registers mobilenetv5_custom_enc
@@ -242,21 +265,7 @@ def build_model():
     )
     torch.manual_seed(SEED)
     model = Gemma3nForConditionalGeneration(config).eval()
-    gen = torch.Generator().manual_seed(SEED + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("language_model.embed_tokens.weight"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.25)  # logits of a few units (tied head)
-            elif name.endswith("embed_tokens_per_layer.weight"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif name.endswith("conv_stem.conv.bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif p.ndim == 1:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif ".altup." in name and ("coefs" in name or "modality_router" in name):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-            elif bool((p == p.flatten()[0]).all()):
-                raise AssertionError(f"{name} is constant after init; give it a random init")
+    randomize_with_margins(model, SEED + 1)
     return model.to(torch.bfloat16)
 
 
