@@ -210,25 +210,29 @@ class Checkpoint:
 
 
 class Params(Mapping):
-    """A read-only, lazily loaded view of one module's tensors: ``p["linear_left.weight"]``."""
+    """A read-only, lazily loaded view of one module's tensors: ``p["linear_left.weight"]``.
+
+    Making one is free (the decoder makes several per layer and step): a lookup goes straight to the
+    checkpoint's index; only iterating lists the names under the prefix."""
 
     def __init__(self, ckpt: Checkpoint, prefix: str):
         self.ckpt, self.prefix = ckpt, prefix
-        self._keys = [n[len(prefix):] for n in ckpt.where if n.startswith(prefix)]
 
     def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self._keys:
-            raise CheckpointError(f"{self.ckpt.dir}: tensor '{self.prefix}{key}' is missing from the checkpoint")
-        return self.ckpt.get(self.prefix + key)
+        return self.ckpt.get(self.prefix + key)  # CheckpointError naming the full tensor name if missing
+
+    def _keys(self) -> list[str]:
+        n = len(self.prefix)
+        return [name[n:] for name in self.ckpt.where if name.startswith(self.prefix)]
 
     def __iter__(self):
-        return iter(self._keys)
+        return iter(self._keys())
 
     def __len__(self):
-        return len(self._keys)
+        return len(self._keys())
 
     def __contains__(self, key) -> bool:
-        return key in self._keys
+        return self.prefix + key in self.ckpt.where
 
     def sub(self, name: str) -> "Params":
         return Params(self.ckpt, self.prefix + name.rstrip(".") + ".")
