@@ -20,11 +20,12 @@ buffers whose values ``.double()`` keeps exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import textwrap
 
 from transformers.models.gemma3n import modeling_gemma3n as mg
+
+from tests.reference.lift_text import patched
 
 PATCHES = [
     (mg.Gemma3nRMSNorm, "forward", [
@@ -68,14 +69,6 @@ def _patched(cls, name, edits):
 LIFTED = [(cls, name, _patched(cls, name, edits)) for cls, name, edits in PATCHES]
 
 
-@contextlib.contextmanager
 def lift_audio():
     """Within this context the audio tower and the multimodal embedders compute float64 end to end."""
-    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in PATCHES]
-    try:
-        for cls, name, fn in LIFTED:
-            setattr(cls, name, fn)
-        yield
-    finally:
-        for cls, name, original in saved:
-            setattr(cls, name, original)
+    return patched(LIFTED)

@@ -73,14 +73,20 @@ PATCHES = [
 
 
 @contextlib.contextmanager
-def lifted_text():
-    """Within this block the text decoder's float32 islands compute in the input dtype (float64 after
-    ``model.double()``)."""
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in PATCHES]
+def patched(patches):
+    """Set ``owner.name = new`` for each ``(owner, name, new)``; on exit each attribute gets back what it was
+    on entry (so lifts nest). Shared by the text and audio lifts."""
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     try:
-        for owner, name, new in PATCHES:
+        for owner, name, new in patches:
             setattr(owner, name, new)
         yield
     finally:
         for owner, name, old in saved:
             setattr(owner, name, old)
+
+
+def lifted_text():
+    """Within this block the text decoder's float32 islands compute in the input dtype (float64 after
+    ``model.double()``)."""
+    return patched(PATCHES)
