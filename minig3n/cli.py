@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .errors import Minig3nError
 
 # subcommand -> (module, one-line help)
@@ -30,6 +31,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="minig3n: a NumPy-only reference implementation of Gemma 3n (E2B/E4B): text, images and "
                     "audio in, text out, no PyTorch. Run 'minig3n COMMAND --help' for each command.",
     )
+    parser.add_argument("--version", action="version", version=f"minig3n {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -35,26 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from .chat import chat_messages, encode_chat, render_chat
+from .default_model import default_model_dir   # --model's default: see minig3n/default_model.py
 from .errors import CheckpointError, InputError
 from .sampling import SamplingParams, sample_next
 from .tokenizer import Tokenizer
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODELS = ("nano-gemma3n", "tiny-random-gemma3n")   # the first that exists is the default --model
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def default_model_dir() -> Path:
-    """``weights/nano-gemma3n`` if it holds a complete checkpoint (config, weights, tokenizer), else
-    ``weights/tiny-random-gemma3n`` (both relative to the repository)."""
-    for name in DEFAULT_MODELS:
-        d = WEIGHTS / name
-        complete = (d / "config.json").is_file() and (d / "tokenizer.model").is_file() and (
-            (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
-        if complete:                    # a directory still being written (e.g. during training) is skipped
-            return d
-    raise CheckpointError(f"no default model: neither {WEIGHTS / DEFAULT_MODELS[0]} nor "
-                          f"{WEIGHTS / DEFAULT_MODELS[1]} exists; pass --model DIR")
 
 
 # Streaming -----------------------------------------------------------------------------------------------
@@ -269,8 +255,8 @@ def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = No
 # Command line --------------------------------------------------------------------------------------------
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", default=None,
-                        help="checkpoint directory (default: weights/nano-gemma3n if present, else "
-                             "weights/tiny-random-gemma3n)")
+                        help="checkpoint directory (default: nano-gemma3n, else tiny-random-gemma3n, from "
+                             "$MINIG3N_MODEL, the checkout's weights/ or <prefix>/share/minig3n/weights)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", metavar="TEXT", help="raw prompt: <bos> + TEXT, continued as is")
     what.add_argument("--chat", metavar="TEXT", help="a user message, wrapped in the Gemma 3n chat template")

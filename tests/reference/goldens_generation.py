@@ -51,7 +51,8 @@ def reference_processor():
 
 def tiny_model():
     import torch
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import Gemma3nForConditionalGeneration
     return Gemma3nForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
 

@@ -35,7 +35,8 @@ def reference_inputs(messages, backend="pil") -> dict:
 def reference_model(dtype="float32"):
     import torch
 
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import Gemma3nForConditionalGeneration
     m = Gemma3nForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
     return m.double() if dtype == "float64" else m
