@@ -18,8 +18,8 @@ COMMANDS = {
     "generate": ("minig3n.generate", "generate text from a prompt (text, images, audio in; streamed text out)"),
     "trace": ("minig3n.trace", "run one prompt and write every named activation to a .safetensors file"),
     "compare": ("minig3n.compare", "compare two trace files tensor by tensor, in forward order"),
-    "slice": ("minig3n.matformer", "cut a MatFormer sub-model (narrower FFNs, skipped layers) out of E4B"),
-    "params": ("minig3n.matformer", "count total, text and effective parameters of a config or checkpoint"),
+    "slice": ("minig3n.matformer_cli", "cut a MatFormer sub-model (narrower FFNs, skipped layers) out of E4B"),
+    "params": ("minig3n.matformer_cli", "count total, text and effective parameters of a config or checkpoint"),
     "inspect": ("minig3n.inspect_checkpoint", "list a checkpoint's config and tensors, checking every shape"),
 }
 

@@ -32,7 +32,6 @@ the reference module of that name (a forward hook there gives the same array).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,7 @@ import numpy as np
 from . import altup as altup_mod
 from .attention import attention_mask as build_mask
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
-from .checkpoint import Checkpoint, sub_params, text_weight_shapes
+from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError
 from .kv_cache import KVCache
@@ -48,7 +47,9 @@ from .kv_share import kv_sharing_modes
 from .laurel import laurel
 from .mlp import mlp
 from .ops import gelu_tanh, linear, rms_norm, softcap
+from .params import sub_params
 from .ple import per_layer_inputs, per_layer_token_inputs, ple_ids
+from .weight_shapes import text_weight_shapes
 
 
 @dataclass
@@ -65,24 +66,7 @@ class TextModel:
 
     def params(self, sub: str = ""):
         """The tensors under ``prefix + sub`` keyed by the rest of their name."""
-        return self.ckpt.params(self.prefix + sub) if sub else _RootParams(self)
-
-
-class _RootParams(Mapping):
-    """The text model's own top-level tensors (``norm.weight``, ``altup_projections.0.weight`` ...)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __getitem__(self, key):
-        return self.model.ckpt.get(self.model.prefix + key)
-
-    def __iter__(self):
-        n = len(self.model.prefix)
-        return iter([k[n:] for k in self.model.ckpt.names if k.startswith(self.model.prefix)])
-
-    def __len__(self):
-        return sum(1 for _ in self)
+        return self.ckpt.params(self.prefix + sub)
 
 
 def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:

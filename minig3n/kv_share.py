@@ -45,6 +45,14 @@ def kv_producer(cfg, layer_idx: int) -> int | None:
     return max(i for i, m in enumerate(modes) if m == "store" and cfg.layer_types[i] == layer_type)
 
 
+def kv_producers(cfg) -> dict:
+    """{layer type: the producer layer whose K/V that type's consumers reuse}, for the types that have
+    consumers (empty when no layer shares)."""
+    modes = kv_sharing_modes(cfg)
+    consumer_types = {cfg.layer_types[i] for i, m in enumerate(modes) if m == "reuse"}
+    return {cfg.layer_types[i]: i for i, m in enumerate(modes) if m == "store" and cfg.layer_types[i] in consumer_types}
+
+
 def is_kv_shared(cfg, layer_idx: int) -> bool:
     """True for a consumer layer (it has no k_proj/v_proj/k_norm and stores nothing in a cache)."""
     return layer_idx >= cfg.num_hidden_layers - cfg.num_kv_shared_layers and cfg.num_kv_shared_layers > 0

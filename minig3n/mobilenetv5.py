@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import accel
-from .checkpoint import sub_params
+from .params import sub_params
 from .errors import CheckpointError, ConfigError, InputError
 
 PREFIX = "model.vision_tower.timm_model"

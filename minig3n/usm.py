@@ -45,11 +45,10 @@ Left out: the ``gradient_clipping`` clamps at +-1e10 (no-ops at inference), trai
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
-from .checkpoint import sub_params
+from .params import sub_params
 from .config import AudioConfig
 from .errors import InputError
 from .ops import linear, rms_norm, silu, softcap, softmax, softplus
