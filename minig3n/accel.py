@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from .errors import ConfigError
+from .padding import same_padding
 
 ENV = "MINIG3N_ACCEL"
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -101,8 +102,6 @@ def _kernel(name: str):
 def depthwise_conv2d(x, w, stride=1, dilation=1):
     """Depthwise kxk conv, TF-"SAME" padding, as ``mobilenetv5.depthwise_conv2d``.
     [B, C, Y, X] -> [B, C, Yo, Xo];  w [C, 1, k, k]"""
-    from .mobilenetv5 import same_padding
-
     x = np.ascontiguousarray(x)
     B, C, Y, X = x.shape
     k = w.shape[-1]
