@@ -42,13 +42,12 @@ from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_a
 from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError
-from .kv_cache import KVCache
-from .kv_share import kv_sharing_modes
+from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
 from .ops import gelu_tanh, linear, rms_norm, softcap
 from .params import sub_params
-from .ple import per_layer_inputs, per_layer_token_inputs, ple_ids
+from .ple import per_layer_inputs
 from .weight_shapes import text_weight_shapes
 
 
@@ -203,47 +202,83 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     B, T = ids.shape
     if cache is not None and cache.batch_size != B:
         raise InputError(f"the cache holds {cache.batch_size} rows but input_ids has {B}")
-    root = model.params()
-    X = model.prefix.rstrip(".")
-
-    def rec(sub, x):
-        if trace is not None:
-            trace[f"{X}.{sub}" if sub != "logits" and sub != "lm_head" else sub] = np.array(x[0])
+    root, X = model.params(), model.prefix.rstrip(".")
+    rec = _recorder(trace, X)
 
     # 1. embeddings and per-layer inputs
     if inputs_embeds is None:
         h0 = embed_tokens(model, ids)                                          # [B, T, D]
         rec("embed_tokens", h0)
     else:
-        h0 = np.asarray(inputs_embeds)
-        if h0.shape != (B, T, cfg.hidden_size):
-            raise InputError(f"inputs_embeds must have shape {[B, T, cfg.hidden_size]}, got {list(h0.shape)}")
-        h0 = h0.astype(dtype, copy=False)                                     # [B, T, D]
+        h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
     table = model.prefix + "embed_tokens_per_layer.weight"
-    ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg)  # [B, T, L, P]
-    if trace is not None:   # the reference's PLE sub-modules, recomputed for row 0
-        rows = model.ckpt.rows(table, ple_ids(ids[:1], cfg.vocab_size_per_layer_input))  # [1, T, L*P]
-        rec("embed_tokens_per_layer", per_layer_token_inputs(rows, cfg.num_hidden_layers,
-                                                             cfg.hidden_size_per_layer_input).reshape(1, T, -1))
-        proj = linear(h0[:1], root["per_layer_model_projection.weight"])      # [1, T, L*P]
-        rec("per_layer_model_projection", proj)
-        proj = proj * dtype.type(np.float32(cfg.hidden_size ** -0.5))        # [1, T, L*P]
-        proj = proj.reshape(1, T, cfg.num_hidden_layers, -1)                   # [1, T, L, P]
-        rec("per_layer_projection_norm", rms_norm(proj, root["per_layer_projection_norm.weight"], cfg.rms_norm_eps))
+    ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg, rec)  # [B, T, L, P]
 
     # 2. positions, RoPE tables and masks
     cache_pos = past + np.arange(T)                                           # [T]
+    cos_sin = rope_tables(cfg, cache_pos, position_ids, B, T, dtype)          # layer type -> [B, T, E] pair
+    mask_for = layer_masks(cfg, cache_pos, attention_mask, B, past + T)       # (layer, k_pos) -> [B|1, T, S]
+
+    # 3. AltUp streams and the layers
+    streams = altup_mod.make_streams(h0, root, cfg, rec)                      # [K, B, T, D]
+    kv = ForwardKV(cfg, cache, past, T)
+    for li in range(cfg.num_hidden_layers):
+        past_kv, shared_kv, k_pos = kv.inputs(li)
+        streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
+                                        *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
+                                        trace, f"{X}.layers.{li}")            # [K, B, T, D]
+        kv.record(li, k, v, k_pos)
+
+    # 4. collapse, norm, tied head, softcap
+    if logits_to_keep:
+        streams = streams[:, :, -logits_to_keep:]                             # [K, B, T', D]
+    hidden = altup_mod.collapse_streams(streams, root, cfg, rec)              # [B, T, D]
+    hidden = rms_norm(hidden, root["norm.weight"], cfg.rms_norm_eps)          # [B, T, D]
+    rec("norm", hidden)
+    logits = linear(hidden, root["embed_tokens.weight"])                      # [B, T, V] tied LM head
+    rec("lm_head", logits)
+    if cfg.final_logit_softcapping is not None:
+        logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
+    rec("logits", logits)
+    return logits, kv.new_cache()
+
+
+# Helpers of forward ------------------------------------------------------------------------------------------
+def _recorder(trace, X: str):
+    """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name (``X.name``;
+    ``lm_head`` and ``logits`` unprefixed). Without a trace it does nothing."""
+    def rec(sub, x):
+        if trace is not None:
+            trace[f"{X}.{sub}" if sub != "logits" and sub != "lm_head" else sub] = np.array(x[0])
+    return rec
+
+
+def _check_embeds(inputs_embeds, B: int, T: int, cfg) -> np.ndarray:
+    h0 = np.asarray(inputs_embeds)
+    if h0.shape != (B, T, cfg.hidden_size):
+        raise InputError(f"inputs_embeds must have shape {[B, T, cfg.hidden_size]}, got {list(h0.shape)}")
+    return h0
+
+
+def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
+    """{layer type: (cos, sin) [B, T, E]} at ``position_ids`` (default: the cache positions), each type with
+    its own RoPE base (full attention ``rope_theta``, sliding ``rope_local_base_freq``)."""
     if position_ids is None:
         position_ids = np.broadcast_to(cache_pos, (B, T))                     # [B, T]
     elif np.shape(position_ids) != (B, T):
         raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
     rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
-    cos_sin = {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
-               for lt in set(cfg.layer_types)}                                # [B, T, E] pairs
+    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+            for lt in set(cfg.layer_types)}                                   # [B, T, E] pairs
+
+
+def layer_masks(cfg, cache_pos, attention_mask, B: int, total: int):
+    """``mask_for(layer_idx, k_pos)`` -> the additive mask [B|1, T, S] of that layer's type over keys at cache
+    positions ``k_pos`` (made once per type and key range). ``attention_mask`` [B, total] of 1/0 or None."""
     if attention_mask is not None:
         key_is_real = np.asarray(attention_mask)                              # [B, S_total]
-        if key_is_real.shape != (B, past + T):
-            raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, past + T]}, "
+        if key_is_real.shape != (B, total):
+            raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, total]}, "
                              f"got {list(key_is_real.shape)}")
         key_is_real = key_is_real.astype(bool)                                # [B, S_total]
     masks = {}
@@ -254,50 +289,4 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
             real = None if attention_mask is None else key_is_real[:, k_pos]  # [B, S]
             masks[key] = build_mask(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
         return masks[key]                                                     # [B|1, T, S]
-
-    # 3. AltUp streams and the layers
-    streams = altup_mod.make_streams(h0, root, cfg)                           # [K, B, T, D]
-    if trace is not None:
-        for i in range(1, cfg.altup_num_inputs):
-            rec(f"altup_projections.{i - 1}", linear(h0[:1], root[f"altup_projections.{i - 1}.weight"]))
-    modes = kv_sharing_modes(cfg)
-    shared = {}                                                               # layer type -> (k, v, k_pos)
-    new_k, new_v, new_start = {}, {}, {}
-    for li in range(cfg.num_hidden_layers):
-        lt = cfg.layer_types[li]
-        past_kv, shared_kv = None, None
-        if modes[li] == "reuse":
-            k_s, v_s, k_pos = shared[lt]
-            shared_kv = (k_s, v_s)
-        else:
-            held = cache.past(li) if cache is not None else None
-            start = int(held[2][0]) if held is not None and len(held[2]) else past
-            if held is not None and held[0].shape[1]:
-                past_kv = held[:2]
-            k_pos = np.arange(start, past + T)                                # [S]
-        streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
-                                        *cos_sin[lt], mask_for(li, k_pos), past_kv, shared_kv,
-                                        trace, f"{X}.layers.{li}")
-        if modes[li] == "store":
-            shared[lt] = (k, v, k_pos)
-        if modes[li] != "reuse":
-            new_k[li], new_v[li], new_start[li] = k, v, int(k_pos[0])
-
-    # 4. collapse, norm, tied head, softcap
-    if logits_to_keep:
-        streams = streams[:, :, -logits_to_keep:]                             # [K, B, T', D]
-    if trace is not None:
-        for i in range(1, cfg.altup_num_inputs):
-            rec(f"altup_unembed_projections.{i - 1}",
-                linear(streams[i, :1], root[f"altup_unembed_projections.{i - 1}.weight"]))
-    hidden = altup_mod.collapse_streams(streams, root, cfg)                   # [B, T, D]
-    hidden = rms_norm(hidden, root["norm.weight"], cfg.rms_norm_eps)          # [B, T, D]
-    rec("norm", hidden)
-    logits = linear(hidden, root["embed_tokens.weight"])                      # [B, T, V] tied LM head
-    rec("lm_head", logits)
-    if cfg.final_logit_softcapping is not None:
-        logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
-    rec("logits", logits)
-    new_cache = cache.advanced(cfg, new_k, new_v, new_start, T) if cache is not None else None
-    return logits, new_cache
-
+    return mask_for
