@@ -9,8 +9,8 @@ D x D projections rescaled to its RMS (``make_streams``) and folded back the sam
 (``collapse_streams``).
 
 Source: Baykal et al., "Alternating Updates for Efficient Transformers" (NeurIPS 2023); transformers 5.24
-``Gemma3nTextAltUp`` and the stream set-up/collapse in ``Gemma3nTextModel.forward``; numerics doc
-sections 1.4, 1.5 (steps 1, 7) and 1.8.
+``Gemma3nTextAltUp`` and the stream set-up/collapse in ``Gemma3nTextModel.forward``; docs/NUMERICS.md
+§1.4, §1.5 (steps 1, 7) and §1.8.
 Left out: training-time clipping of the coefficients (``altup_coef_clip``; the converter clipped
 prediction_coefs already, and 5.24 clips only when training).
 

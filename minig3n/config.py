@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .kv_share import kv_sharing_modes
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -152,12 +153,7 @@ class TextConfig:
         _require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
         _require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
                  f"must lie in [0, num_hidden_layers={L})")
-        if self.num_kv_shared_layers:
-            first = L - self.num_kv_shared_layers
-            missing = sorted(set(self.layer_types[first:]) - set(self.layer_types[:first]))
-            _require(not missing, "num_kv_shared_layers",
-                     f"layers {first}..{L - 1} reuse K/V of an earlier layer of their type, but no layer before "
-                     f"{first} is of type {missing}: that type would have no producer")
+        kv_sharing_modes(self)   # every KV-shared layer's type needs a producer (the rule lives in kv_share)
 
     # Derived quantities -------------------------------------------------------------------------------
     @property
@@ -318,7 +314,7 @@ class Gemma3nConfig:
 # (convert_gemma3n_weights.py, _VARIANTS["gemma-3n-e4b"]) uses as they are.
 # E2B: the converter's _VARIANTS["gemma-3n-e2b"]: intermediate_size 8192, num_hidden_layers 30,
 # activation_sparsity_pattern (0.95,)*10 + (0.0,)*20, num_kv_shared_layers 10; everything else as E4B.
-# Both agree with ../shared/docs/gemma3n_numerics.md section 5 and with the official config.json files.
+# Both agree with docs/NUMERICS.md §5 and with the official config.json files.
 # Audio and vision: class defaults (the same in both checkpoints). Special ids: Gemma3nConfig defaults.
 
 def e4b_config() -> Gemma3nConfig:

@@ -1,6 +1,6 @@
 """The Gemma 3n text decoder: embeddings, AltUp streams, decoder layers, collapse, norm, tied LM head.
 
-The idea, one forward pass (numerics doc section 1):
+The idea, one forward pass (docs/NUMERICS.md §1):
 
 1. ``embed_tokens(ids) * sqrt(D)`` (or the multimodal merge's ``inputs_embeds``) and the per-layer
    embeddings (``ple``: one P-wide vector per token per layer).

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chat import chat_messages, encode_chat, render_chat
+from .chat import chat_messages, check_prompt_choice, encode_chat, render_chat
 from .default_model import default_model_dir   # --model's default: see minig3n/default_model.py
 from .errors import CheckpointError, InputError
 from .sampling import SamplingParams, sample_next
@@ -83,11 +83,7 @@ def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str |
     rendered with the Gemma 3n template). Exactly one of prompt / chat / messages.
     With ``images`` / ``audio`` (or media parts in ``messages``) the prompt goes through the multimodal processor
     and towers (``multimodal.media_prompt``; needs ``model``, the loaded ``decoder.TextModel``)."""
-    given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
-    if len(given) != 1:
-        raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
-    if system is not None and chat is None:
-        raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
+    check_prompt_choice(prompt, chat, messages, system)
     from .processor import messages_have_media
     placeholders = isinstance(prompt, str) and ("<image_soft_token>" in prompt or "<audio_soft_token>" in prompt)
     if images or audio or messages_have_media(messages) or placeholders:   # placeholders: counts are checked

@@ -41,6 +41,7 @@ from .errors import InputError
 from .mobilenetv5_arch import (MOBILENETV5_300M_ARCH_DEF, PREFIX, BlockSpec, EncoderSpec, decode_block, encoder_spec,
                                make_divisible, vision_weight_shapes)
 from .ops import gelu_tanh as gelu
+from .ops import softmax
 from .padding import same_padding
 from .params import sub_params
 
@@ -117,9 +118,7 @@ def mobile_mqa(x, p, b: BlockSpec):
     q2 = q.reshape(B, h * Y * X, d)                                             # [B, h*Y*X, d]
     logits = np.matmul(q2, k[:, 0].transpose(0, 2, 1))                          # [B, h*Y*X, M]
     logits *= x.dtype.type(d ** -0.5)
-    logits -= logits.max(axis=-1, keepdims=True)                                # softmax, stable form
-    np.exp(logits, out=logits)
-    o = np.matmul(logits, v[:, 0]) / logits.sum(axis=-1, keepdims=True)        # [B, h*Y*X, d]
+    o = np.matmul(softmax(logits, axis=-1), v[:, 0])                            # [B, h*Y*X, d]
     o = o.reshape(B, h, Y * X, d)                                               # [B, h, Y*X, d]
     o = o.transpose(0, 2, 1, 3).reshape(B, Y, X, h * d).transpose(0, 3, 1, 2)  # [B, h*d, Y, X]
     o = pointwise_conv(np.ascontiguousarray(o), p["attn.output.proj.weight"])   # [B, Co, Y, X]

@@ -72,8 +72,17 @@ def linear(x, weight, bias=None):
     return y if bias is None else y + bias.astype(x.dtype, copy=False)
 
 
-def softmax(x, axis=-1):
-    """Numerically stable softmax.   [...] -> [...]"""
-    m = np.max(x, axis=axis, keepdims=True)
+def softmax(x, axis=-1, where=None):
+    """Numerically stable softmax: ``exp(x - max) / sum``.   [...] -> [...]
+
+    ``where`` (bool, broadcastable to ``x``): only those entries take part; the others get probability 0, and
+    a row with no entry at all gets all zeros (not NaN), as attention over no visible key does."""
+    if where is None:
+        m = np.max(x, axis=axis, keepdims=True)
+        e = np.exp(x - m)
+        return e / np.sum(e, axis=axis, keepdims=True)
+    x = np.where(where, x, -np.inf)
+    seen = np.asarray(where).any(axis=axis, keepdims=True)
+    m = np.where(seen, np.max(x, axis=axis, keepdims=True), 0.0)
     e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(seen, np.sum(e, axis=axis, keepdims=True), 1.0)

@@ -8,7 +8,7 @@ streams after its MLP (``decoder.per_layer_input_branch``). The table is the bul
 E2B/E4B ("2B effective" counts exclude it) and lives on disk: only the rows of the ids at hand are read.
 
 Source: transformers 5.24 ``Gemma3nTextModel.get_per_layer_inputs`` / ``project_per_layer_inputs``;
-numerics doc section 1.3. Token ids outside ``[0, vocab_size_per_layer_input)`` (the vision/audio ids) are
+docs/NUMERICS.md §1.3. Token ids outside ``[0, vocab_size_per_layer_input)`` (the vision/audio ids) are
 mapped to row 0, not clamped; row 0 is used as stored.
 Left out: the reference's path with inputs_embeds but no ids (projection only, no token part, no 1/sqrt 2).
 

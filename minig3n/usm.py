@@ -29,7 +29,7 @@ entry (w, c) of a block takes the position term of distance ``P - (c - w)``.
 Weights ``p``: a mapping with the HF names under ``model.audio_tower.`` (``subsample_conv_projection.
 conv_0.conv.weight``, ``conformer.0.attention.attn.q_proj.weight``, ...): see ``audio_weight_shapes``.
 
-Precision (numerics doc sections 0, 2, 8): float32 mode follows the reference (the cumulative sums of
+Precision (docs/NUMERICS.md §0, §2, §8): float32 mode follows the reference (the cumulative sums of
 the group norm accumulate in float64 and round to float32, as torch does on CPU). float64 mode is float64
 throughout, with the reference's float32-valued constants: the attention q-scale and the inverse
 timescales of the position signal (``inv_timescales`` reproduces torch's float32 ``exp``, including the
