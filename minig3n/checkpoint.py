@@ -1,22 +1,22 @@
 """Reading a Hugging Face checkpoint directory, unmodified, with NumPy only.
 
-The idea: a safetensors file is an 8-byte little-endian header length, a JSON header that gives each
-tensor's dtype, shape and byte range, then the raw bytes. We memory-map the file and hand out views of
-those byte ranges, converted to the float dtype the caller asked for (float32 by default, float64 for
-verification) only when a tensor is used. BF16 has no NumPy dtype: its 16 bits are the top half of a
-float32, so widening is a shift (exact, bit-identical to ``torch.bfloat16 -> float32``).
+The idea: a directory holds either one ``model.safetensors`` or shards listed in
+``model.safetensors.index.json`` (``{"weight_map": {tensor name: shard file}}``), next to ``config.json``.
+``Checkpoint`` opens every file memory-mapped (``safetensors_io.SafetensorsFile``) and hands out tensors by
+their HF name, converted to the float dtype asked for (float32 by default, float64 for verification) only
+when a tensor is first used. ``params(prefix)`` is a module's weights as a prefix view (``params.ParamView``),
+which is what the pure modules take.
 
 The per-layer-embedding table (``embed_tokens_per_layer``, 262144 x 7680 = 2 B parameters in E2B) is never
 made resident: ``Checkpoint.rows`` gathers only the rows of the ids at hand from the memory map.
 
-A directory holds either one ``model.safetensors`` or shards listed in ``model.safetensors.index.json``
-(``{"weight_map": {tensor name: shard file}}``), next to ``config.json``. Tensor names are the HF names
-(``model.language_model.layers.3.altup.prediction_coefs.weight``); text-only checkpoints
-(``Gemma3nForCausalLM``) use ``model.layers...`` instead of ``model.language_model.layers...``.
+Tensor names are the HF names (``model.language_model.layers.3.altup.prediction_coefs.weight``); text-only
+checkpoints (``Gemma3nForCausalLM``) use ``model.layers...`` instead of ``model.language_model.layers...``.
+``check_shapes`` compares them with the shapes the config implies (``weight_shapes``).
 
-Source: the safetensors format (https://github.com/huggingface/safetensors, README "Format").
-Left out: writing (see ``save_safetensors`` for the small writer minig3n needs), integer and fp8 tensors
-(Gemma 3n checkpoints hold only floats), and the ``lm_head.weight`` of untied models (Gemma 3n ties it).
+Source: the Hugging Face checkpoint layout (transformers ``save_pretrained`` with safetensors shards).
+Left out: writing (``safetensors_io.write_safetensors``), integer and fp8 tensors (Gemma 3n checkpoints hold
+only floats), and the ``lm_head.weight`` of untied models (Gemma 3n ties it).
 """
 from __future__ import annotations
 
@@ -29,13 +29,15 @@ import numpy as np
 from .config import Gemma3nConfig
 from .errors import CheckpointError
 from .params import ParamView
+from .safetensors_io import (SafetensorsFile, as_bf16, bf16_bits_to_float32, float32_to_bf16_bits, load_safetensors,
+                             save_safetensors, to_float)
 from .weight_shapes import text_weight_shapes
-from .safetensors_io import (STORAGE, SafetensorsFile, as_bf16, bf16_bits_to_float32, float32_to_bf16_bits,
-                             load_safetensors, save_safetensors, to_float)
 
-# Re-exported for callers that read and write small files next to checkpoints (tests, goldens, traces).
-__all__ = ["Checkpoint", "text_weight_shapes", "SafetensorsFile", "as_bf16", "bf16_bits_to_float32", "float32_to_bf16_bits",
-           "load_safetensors", "save_safetensors", "to_float", "STORAGE"]
+# Besides Checkpoint, the file-level helpers and the text shape table are importable from here, where the
+# walkthrough and the tests have always found them (they live in safetensors_io and weight_shapes).
+__all__ = ["Checkpoint", "SafetensorsFile", "as_bf16", "bf16_bits_to_float32", "float32_to_bf16_bits",
+           "load_safetensors", "save_safetensors", "text_weight_shapes", "to_float"]
+
 
 class Checkpoint:
     """A checkpoint directory: ``config``, ``names``, ``get(name)``, ``rows(name, ids)``, ``params(prefix)``.

@@ -221,7 +221,7 @@ class VisionConfig:
 
     ``architecture`` names a timm model; minig3n knows ``mobilenetv5_300m_enc``. For small encoders
     ``model_args`` carries ``arch_def`` (list of stages, each a list of block strings in timm's notation)
-    and ``stem_size``; see ``mobilenetv5.py``.
+    and ``stem_size``; see ``mobilenetv5_arch.py``.
     """
 
     architecture: str = "mobilenetv5_300m_enc"

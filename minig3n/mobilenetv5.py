@@ -157,7 +157,7 @@ def msfa(features, p, spec: EncoderSpec):
 def vision_encoder(pixel_values, p, vision_cfg, trace=None, prefix: str = PREFIX):
     """Pixels -> feature map.   [B, 3, Y, X] -> [B, 2048, r, r] (r = msfa_output_resolution, 16)
 
-    ``p``: the tensors under ``model.vision_tower.timm_model`` (a ``checkpoint.Params`` or a dict keyed
+    ``p``: the tensors under ``model.vision_tower.timm_model`` (a ``params.ParamView`` or a dict keyed
     ``conv_stem.conv.weight``, ``blocks.2.1.pw_exp.conv.weight``, ``msfa.norm.weight``, ...).
     ``trace``: a dict to receive every block's output under the reference's module path
     (``<prefix>.conv_stem``, ``<prefix>.blocks.<s>.<b>``, ``<prefix>.msfa``).
