@@ -46,6 +46,11 @@ class Checkpoint:
     never caches, so a huge table is only ever touched row by row.
     """
 
+    @classmethod
+    def from_pretrained(cls, directory, dtype=np.float32) -> "Checkpoint":
+        """Open a checkpoint directory (the same as ``Checkpoint(directory, dtype)``)."""
+        return cls(directory, dtype)
+
     def __init__(self, directory, dtype=np.float32):
         self.dir = Path(directory)
         self.dtype = np.dtype(dtype)

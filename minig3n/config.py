@@ -288,6 +288,11 @@ class Gemma3nConfig:
         return cfg
 
     @classmethod
+    def from_pretrained(cls, model_dir) -> "Gemma3nConfig":
+        """The config of a checkpoint directory (its ``config.json``), as ``transformers`` names it."""
+        return cls.from_file(Path(model_dir) / "config.json")
+
+    @classmethod
     def from_file(cls, path) -> "Gemma3nConfig":
         path = Path(path)
         try:

@@ -163,6 +163,12 @@ class Generator:
         return hard_token_embeddings(MultimodalModel(self.model, self.model.ckpt), ids)  # [B, T, D]
 
     @classmethod
+    def from_pretrained(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
+        """Load model and tokenizer from ``model_dir`` (default: ``default_model_dir()``); ``dtype`` "float32"
+        or "float64" (or the NumPy dtype)."""
+        return cls.load(model_dir, dtype if isinstance(dtype, str) else np.dtype(dtype).name, progress)
+
+    @classmethod
     def load(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
         from . import decoder
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
