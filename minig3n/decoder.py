@@ -141,17 +141,16 @@ def per_layer_input_branch(corrected_active, per_layer_input, p, cfg, rec=None):
 
 
 def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, past_kv=None, shared_kv=None,
-                  trace=None, name=""):
+                  rec=None):
     """One decoder layer.   [K, B, T, D], [B, T, P] -> ([K, B, T, D], (k, v) [B, S, G, E] each)
 
     ``p``: the layer's tensors (``self_attn.q_proj.weight``, ``altup.router_norm.weight`` ...). ``cos``/``sin``
     [B, T, E] for this layer's RoPE base; ``mask`` [B|1, T, S] over the keys; ``past_kv`` this layer's cached
-    (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``trace``: dict filled under ``name``."""
+    (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``rec(name, array)``, if given, receives
+    each intermediate (batch axis first) under its module name relative to the layer, and the output streams
+    under ""."""
     eps, t = cfg.rms_norm_eps, streams.dtype.type
-
-    def rec(sub, x):   # trace: batch row 0 under the reference's module name
-        if trace is not None:
-            trace[f"{name}.{sub}" if sub else name] = np.array(x[:, 0] if sub == "" else x[0])
+    rec = rec or _no_rec
 
     p_altup = sub_params(p, "altup")
     predictions = altup_mod.predict(streams, p_altup, cfg)                    # [K, B, T, D]
@@ -176,7 +175,7 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     corrected = altup_mod.correct(predictions, out, p_altup, cfg)             # [K, B, T, D]
     e = per_layer_input_branch(corrected[cfg.altup_active_idx], per_layer_input, p, cfg, rec)  # [B, T, D]
     corrected = np.concatenate([corrected[:1], corrected[1:] + e[None]])      # [K, B, T, D] streams 1.. get e
-    rec("", corrected)
+    rec("", corrected.transpose(1, 0, 2, 3))                                  # [B, K, T, D]
     return corrected, kv
 
 
@@ -203,7 +202,7 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     if cache is not None and cache.batch_size != B:
         raise InputError(f"the cache holds {cache.batch_size} rows but input_ids has {B}")
     root, X = model.params(), model.prefix.rstrip(".")
-    rec = _recorder(trace, X)
+    rec = _recorder(trace, X)                                                 # trace: batch row 0 by module name
 
     # 1. embeddings and per-layer inputs
     if inputs_embeds is None:
@@ -226,7 +225,7 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         past_kv, shared_kv, k_pos = kv.inputs(li)
         streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
                                         *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
-                                        trace, f"{X}.layers.{li}")            # [K, B, T, D]
+                                        _recorder(trace, f"{X}.layers.{li}"))  # [K, B, T, D]
         kv.record(li, k, v, k_pos)
 
     # 4. collapse, norm, tied head, softcap
@@ -244,13 +243,20 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
 
 
 # Helpers of forward ------------------------------------------------------------------------------------------
-def _recorder(trace, X: str):
-    """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name (``X.name``;
-    ``lm_head`` and ``logits`` unprefixed). Without a trace it does nothing."""
+def _recorder(trace, prefix: str):
+    """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name,
+    ``prefix.name`` (``prefix`` itself for name "", and ``lm_head`` / ``logits`` unprefixed, as the reference
+    names them). Without a trace it does nothing."""
+    if trace is None:
+        return _no_rec
+
     def rec(sub, x):
-        if trace is not None:
-            trace[f"{X}.{sub}" if sub != "logits" and sub != "lm_head" else sub] = np.array(x[0])
+        trace[sub if sub in ("lm_head", "logits") else f"{prefix}.{sub}" if sub else prefix] = np.array(x[0])
     return rec
+
+
+def _no_rec(name, x):
+    pass
 
 
 def _check_embeds(inputs_embeds, B: int, T: int, cfg) -> np.ndarray:
