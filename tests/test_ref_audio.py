@@ -169,7 +169,8 @@ def test_tiny_checkpoint_audio_features(tiny_dir):
     (encoder + embed_audio soft path) and through minig3n's loader: float32 <= 1e-5, lifted float64 <= 1e-10."""
     from transformers import Gemma3nForConditionalGeneration
 
-    import tests.reference.timm_custom  # noqa: F401  registers the checkpoint's small vision encoder
+    from tests.reference.timm_custom import register
+    register()  # registers the checkpoint's small vision encoder
     from minig3n.checkpoint import Checkpoint
     model = Gemma3nForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     waves = [wave(200, 20000), wave(201, 7000)]
