@@ -54,7 +54,8 @@ def proc():
 
 @pytest.fixture(scope="module")
 def ref():
-    import tests.reference.timm_custom  # noqa: F401  (registers the custom MobileNetV5)
+    from tests.reference.timm_custom import register
+    register()                                 # the custom MobileNetV5
     from transformers import Gemma3nForConditionalGeneration
     return Gemma3nForConditionalGeneration.from_pretrained(MM, dtype=torch.float32).eval()
 

@@ -1,19 +1,20 @@
-"""Train nano-gemma3n-matformer: nano-gemma3n's architecture, data and recipe, with MatFormer's nested loss.
+"""Train nano-gemma3n-matformer: nano-gemma3n fine-tuned with MatFormer's nested objective.
 
     python -m tests.reference.nano_matformer.train --out weights/nano-gemma3n-matformer
 
-Same corpus, tokenizer, config, seed, optimiser, schedule, batch and step count as ``tests.reference.nano``
-(weights/nano-gemma3n). The one change: each step trains ONE sub-model drawn at random (MatFormer, Devvrit et
-al. 2023, arXiv:2310.07707, trains nested FFN granularities with shared weights; sampling one per step keeps
-the cost of a step that of ordinary training):
+Starts from weights/nano-gemma3n (``--init-from none``: from scratch, then pass nano's recipe, ``--steps 1400
+--lr 2e-3 --min-lr 2e-4 --warmup 100``) and keeps its corpus, tokenizer, config, batch and optimiser
+(``tests.reference.nano``); 120 steps at learning rate 6e-4. The one change: each step trains ONE sub-model
+drawn at random (MatFormer, Devvrit et al. 2023, arXiv:2310.07707, trains nested FFN granularities with shared
+weights; drawing one per step keeps the cost of a step that of ordinary training):
 
 * an FFN granularity, uniformly from ``GRANULARITIES``: every layer keeps the first ``min(I_l, m)`` hidden
   units, m in {full, 384, 256, 128} (the full widths are 512 512 512 384 384 256);
 * and, with probability ``SKIP_PROB``, layer 4 (a KV-sharing consumer, so skipping it is allowed) is left out.
 
 Each sub-model is exactly what ``minig3n slice --ffn-dims ... --skip-layers ...`` cuts out of the saved
-checkpoint. The full model is therefore trained on about a quarter of the steps only; the nested prefixes
-share all the others. ``train_log.tsv`` has one row per step with the sub-model drawn.
+checkpoint (``nested.py``; tests/test_ref_nano_matformer.py checks it). ``train_log.tsv`` has one row per step
+with the sub-model drawn.
 
 ``--determinism-check N`` trains N steps twice from the seed and compares the loss sequences.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path

@@ -71,7 +71,8 @@ class Minig3nAsker:
 class ReferenceAsker:
     def __init__(self, model_dir):
         import torch
-        import tests.reference.timm_custom  # noqa: F401  (registers the custom MobileNetV5)
+        from tests.reference.timm_custom import register
+        register()                                 # the custom MobileNetV5
         from transformers import AutoProcessor, Gemma3nForConditionalGeneration
         torch.set_num_threads(1)
         self.model = Gemma3nForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()

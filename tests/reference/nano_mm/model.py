@@ -52,7 +52,8 @@ def text_config() -> dict:
 
 
 def config():
-    import tests.reference.timm_custom  # noqa: F401  registers mobilenetv5_custom_enc
+    from tests.reference.timm_custom import register
+    register()                                 # the custom MobileNetV5
     from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nTextConfig, Gemma3nVisionConfig
 
     return Gemma3nConfig(
@@ -72,6 +73,13 @@ def build(seed: int, init_from_nano: bool = True):
 
     torch.manual_seed(seed)
     model = Gemma3nForConditionalGeneration(config())
+    # the vision tower gets timm's own initialisation (transformers' normal(0, 0.02) is ~6x smaller than timm's
+    # fan-in scaled init for these convs; with it the tower's output collapsed to the same vector for every
+    # image within a few optimiser steps)
+    import timm
+    vc = model.config.vision_config
+    model.model.vision_tower.timm_model.load_state_dict(
+        timm.create_model(vc.architecture, pretrained=False, **vc.model_args).state_dict())
     if init_from_nano:
         nano = load_file(str(NANO / "model.safetensors"))
         lm = model.model.language_model

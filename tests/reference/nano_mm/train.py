@@ -32,8 +32,8 @@ import numpy as np
 
 from . import data, model as M
 
-DEFAULTS = dict(steps=280, batch=12, text_batch=2, text_weight=0.5, lr=3e-3, min_lr=1e-4, warmup=30,
-                decoder_lr_scale=0.2, aux_weight=0.5,
+DEFAULTS = dict(steps=180, batch=12, text_batch=2, text_weight=0.5, lr=3e-3, min_lr=1e-4, warmup=30,
+                decoder_lr_scale=0.2, tower_lr_scale=0.1, aux_weight=1.0,
                 weight_decay=0.01, clip=1.0, seed=4321, audio_pool=800)
 IMAGE_QUESTION, AUDIO_QUESTION = "What digit is this?", "Which digit was spoken?"
 TEXT_CONTEXT = 128
@@ -130,7 +130,6 @@ class Batcher:
         return dict(input_ids=ids, pixel_values=torch.from_numpy(pixel_values([im for im, _ in drawn]))), labels
 
     def audio(self, n: int, clips=None):
-        import torch
         if clips is None:
             picks = self.rng.integers(0, len(self.pool), n)
             clips = [(data.augment(self.pool[i][0], self.rng), self.pool[i][1]) for i in picks]
@@ -179,13 +178,12 @@ class AuxHeads:
 
     def __init__(self, model, seed: int):
         import torch
-        g = torch.Generator().manual_seed(seed)
         D = model.config.text_config.hidden_size
         self.image = torch.nn.Linear(M.IMAGE_TOKENS * D, 10)
         self.audio = torch.nn.Linear(D, 10)
-        with torch.no_grad():
+        with torch.no_grad():                        # zero init: uniform answers, no collapse pressure
             for lin in (self.image, self.audio):
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * lin.in_features ** -0.5)
+                lin.weight.zero_()
                 lin.bias.zero_()
         self.soft = {}
         for kind, mod in (("image", model.model.embed_vision), ("audio", model.model.embed_audio)):
@@ -216,12 +214,16 @@ def lr_at(step: int, a) -> float:
 
 def make_optimizer(model, a, extra=()):
     """AdamW; the text decoder (initialised from nano-gemma3n) at ``decoder_lr_scale`` x the learning rate of
-    the new parts (towers, embedders, the multimodal rows share the decoder's tied embedding)."""
+    the embedders (and auxiliary heads), the towers at ``tower_lr_scale`` x (faster, they collapsed)."""
     import torch
     groups = []
-    for part, scale in (("decoder", a.decoder_lr_scale), ("new", 1.0)):
-        named = [(n, p) for n, p in model.named_parameters()
-                 if n.startswith("model.language_model.") == (part == "decoder")]
+    def part(name):
+        if name.startswith("model.language_model."):
+            return "decoder"
+        return "tower" if name.startswith(("model.vision_tower.", "model.audio_tower.")) else "embedder"
+    scales = {"decoder": a.decoder_lr_scale, "tower": a.tower_lr_scale, "embedder": 1.0}
+    for which, scale in scales.items():
+        named = [(n, p) for n, p in model.named_parameters() if part(n) == which]
         groups += [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": a.weight_decay, "scale": scale},
                    {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0, "scale": scale}]
     groups.append({"params": list(extra), "weight_decay": 0.0, "scale": 1.0})
@@ -310,8 +312,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("weights/nano-gemma3n-mm"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (see tests.reference.nano.train)")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=50, help="also save the checkpoint every N steps (0: off)")
+    p.add_argument("--eval-every", type=int, default=30)
+    p.add_argument("--save-every", type=int, default=30, help="also save the checkpoint every N steps (0: off)")
     p.add_argument("--determinism-check", type=int, default=0, metavar="N")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
