@@ -32,8 +32,8 @@ import numpy as np
 
 from . import data, model as M
 
-DEFAULTS = dict(steps=180, batch=12, text_batch=2, text_weight=0.5, lr=3e-3, min_lr=1e-4, warmup=30,
-                decoder_lr_scale=0.2, tower_lr_scale=0.1, aux_weight=1.0,
+DEFAULTS = dict(steps=240, batch=12, text_batch=2, text_weight=0.5, lr=3e-3, min_lr=1e-4, warmup=30,
+                decoder_lr_scale=0.2, tower_lr_scale=0.15, aux_weight=1.0, vision_steps=400, vision_batch=32,
                 weight_decay=0.01, clip=1.0, seed=4321, audio_pool=800)
 IMAGE_QUESTION, AUDIO_QUESTION = "What digit is this?", "Which digit was spoken?"
 TEXT_CONTEXT = 128
@@ -230,11 +230,46 @@ def make_optimizer(model, a, extra=()):
     return torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=None):
+def pretrain_vision(model, aux, batcher, a, log=None, progress=True):
+    """Stage 1: the vision tower and ``embed_vision`` alone, as a digit classifier (the auxiliary image head on
+    the 4 soft tokens), ``a.vision_steps`` steps of ``a.vision_batch`` images. Trained only through the
+    decoder, the tower needs far more images than the chat run sees (the audio tower learns in the chat run)."""
+    import torch
+    from tqdm import tqdm
+
+    tower = list(model.model.vision_tower.parameters())
+    rest = list(model.model.embed_vision.parameters()) + list(aux.image.parameters())
+    opt = torch.optim.AdamW([{"params": tower, "scale": a.tower_lr_scale}, {"params": rest, "scale": 1.0}],
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    losses, t0 = [], time.time()
+    bar = tqdm(range(a.vision_steps), disable=not progress, file=sys.stderr, mininterval=5.0, desc="vision")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup) * g["scale"]
+        drawn = [data.draw_digit(batcher.rng) for _ in range(a.vision_batch)]
+        px = torch.from_numpy(pixel_values([im for im, _ in drawn]))
+        soft = model.model.get_image_features(px, return_dict=True).pooler_output       # [B, 4, D]
+        loss = torch.nn.functional.cross_entropy(aux.image(soft.flatten(1)), torch.tensor([d for _, d in drawn]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower + rest, a.clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if log is not None:
+            log.write(f"{step + 1}\t{losses[-1]:.6g}\t{time.time() - t0:.1f}\n")
+            log.flush()
+    model.model.embed_vision.zero_grad(set_to_none=True)
+    return losses
+
+
+def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=None, vision_log=None):
     import torch
     from tqdm import tqdm
 
     aux = AuxHeads(model, a.seed + 3)
+    if a.vision_steps:
+        pretrain_vision(model, aux, batcher, a, vision_log, progress)
     opt = make_optimizer(model, a, aux.parameters())
     param_sets = [[p for n, p in model.named_parameters() if n.startswith("model.language_model.")],
                   [p for n, p in model.named_parameters() if not n.startswith("model.language_model.")]
@@ -357,7 +392,10 @@ def main(argv=None) -> int:
         log.write("step\timage_loss\taudio_loss\ttext_loss\taux_image_loss\taux_audio_loss\tlr\tgrad_norm\ts_per_step\telapsed_s\timage_acc\t"
                   "audio_acc\n")
         t_train = time.time()
-        losses = train(model, batcher, a, log=log, eval_sets=eval_sets, save_to=lambda m: save(m, processor, a.out))
+        with open(a.out / "train_log_vision.tsv", "w") as vlog:
+            vlog.write("step\tdigit_loss\telapsed_s\n")
+            losses = train(model, batcher, a, log=log, eval_sets=eval_sets, save_to=lambda m: save(m, processor, a.out),
+                           vision_log=vlog)
         train_wall = time.time() - t_train
     model.eval()
     save(model, processor, a.out)
