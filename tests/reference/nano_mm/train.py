@@ -276,7 +276,7 @@ def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=No
                   + aux.parameters()]
     model.train()
     losses, t0, t_eval = [], time.time(), 0.0
-    bar = tqdm(range(a.steps), disable=not progress, file=sys.stderr, mininterval=5.0)
+    bar = tqdm(range(getattr(a, "stop_after", 0) or a.steps), disable=not progress, file=sys.stderr, mininterval=5.0)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a) * g["scale"]
@@ -350,6 +350,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=30)
     p.add_argument("--save-every", type=int, default=30, help="also save the checkpoint every N steps (0: off)")
     p.add_argument("--determinism-check", type=int, default=0, metavar="N")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="stop after N steps of the --steps schedule (0: run it all); the checkpoint saved at step N "
+                        "by --save-every is this run's")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     a = p.parse_args(argv)
