@@ -214,7 +214,8 @@ class Generator:
         embeds = (self.hard_token_embeds(ids) if prompt.inputs_embeds is None
                   else np.asarray(prompt.inputs_embeds)[None])                        # [1, T, D] | None
         st = stats if stats is not None else {}
-        st.update(prompt_tokens=len(prompt.ids), new_tokens=0, prefill_seconds=0.0, decode_seconds=0.0,
+        st.update(prompt_ids=[int(i) for i in prompt.ids], prompt_tokens=len(prompt.ids), new_tokens=0,
+                  prefill_seconds=0.0, decode_seconds=0.0,
                   decode_steps=0)
 
         # prefill: the whole prompt in one call
@@ -289,11 +290,26 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nucleus sampling: keep the most likely tokens up to total probability P (1 = off)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="working precision")
+    parser.add_argument("--json", action="store_true",
+                        help="instead of streaming text, print one JSON object: prompt_ids, ids (the new token ids, "
+                             "the stop token included if reached), text, stats (e.g. greedy ids to compare a port)")
 
 
 def run_generate(args) -> int:
     stats: dict = {}
     out = sys.stdout
+    if getattr(args, "json", False):
+        import json
+        new, text = [], []
+        for token, piece in generate(args.model, args.prompt, chat=args.chat, system=args.system,
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, dtype=args.dtype,
+                                     stats=stats, progress=sys.stderr, images=args.image, audio=args.audio):
+            new.append(int(token))
+            text.append(piece)
+        doc = {"prompt_ids": stats.pop("prompt_ids"), "ids": new, "text": "".join(text), "stats": stats}
+        print(json.dumps(doc), file=out, flush=True)
+        return 0
     for _, piece in generate(args.model, args.prompt, chat=args.chat, system=args.system,
                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, seed=args.seed, dtype=args.dtype, stats=stats,

@@ -156,3 +156,17 @@ def test_inputs_of_follows_the_gemma3n_graph():
     assert inputs_of("step1.model.layers.1.self_attn.q", names) == ["step1.model.layers.1.input_layernorm",
                                                                     "step0.model.layers.1.self_attn.k"]
     assert inputs_of("bar", names) == ["foo"] and inputs_of("model.embed_tokens", names) == []
+
+
+def test_generate_json_gives_the_greedy_ids(capsys, tiny_dir):
+    """``generate --json``: one JSON object with the prompt ids, the new ids and their text, the same tokens the
+    streaming generator yields (the generation tests check those against the reference's greedy ids)."""
+    from minig3n.generate import generate
+    from minig3n.tokenizer import Tokenizer
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "Per-layer embeddings", "--max-new-tokens", "12",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = list(generate(tiny_dir, "Per-layer embeddings", max_new_tokens=12))
+    assert doc["ids"] == [t for t, _ in want] and doc["text"] == "".join(p for _, p in want)
+    assert doc["prompt_ids"] == Tokenizer.from_dir(tiny_dir).encode("Per-layer embeddings", add_bos=True)
+    assert doc["stats"]["new_tokens"] == len(doc["ids"]) == 12
