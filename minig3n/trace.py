@@ -78,6 +78,9 @@ def add_trace_arguments(parser) -> None:
                         help="an image file (repeatable; with --prompt write one <image_soft_token> per image)")
     parser.add_argument("--audio", metavar="PATH", action="append", default=[],
                         help="a WAV file (with --prompt write <audio_soft_token> where it goes)")
+    parser.add_argument("--image-backend", choices=["torchvision", "pil"], default=None,
+                        help="which reference image preprocessing to reproduce: torchvision (the reference's "
+                             "default, and minig3n's) or pil")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="working precision (float64 = exact arithmetic for comparisons; default float32)")
@@ -129,7 +132,7 @@ def run_trace_multimodal(args) -> int:
         raise InputError("--ids cannot be combined with --image / --audio: give --prompt (with placeholders) or --chat")
     if args.system is not None and args.chat is None:
         raise InputError("--system needs --chat")
-    inputs = process(Processor.from_dir(args.model), prompt=args.prompt, chat=args.chat, system=args.system,
+    inputs = process(Processor.from_dir(args.model, getattr(args, "image_backend", None)), prompt=args.prompt, chat=args.chat, system=args.system,
                      images=args.image, audio=args.audio)
     ids = [int(i) for i in inputs.input_ids[0]]
     from .checkpoint import Checkpoint
