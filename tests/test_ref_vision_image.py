@@ -101,3 +101,21 @@ def test_reads_preprocessor_config_like_from_pretrained(tmp_path):
         got = V.run_preprocess_image(img, d)
         assert got.shape == want.shape
         assert np.max(np.abs(got - want)) <= 1e-6
+
+
+def test_matches_torchvision_backend_exactly(tmp_path):
+    """minig3n's torchvision backend (its default) against the live ``SiglipImageProcessor`` (the reference's
+    default backend) at the official 768 x 768 and with BICUBIC + normalisation at a small size: bit-identical on
+    all 23 inputs, the two files the torchvision decoder reads differently from PIL included."""
+    from minig3n.image import preprocess_image
+    from tests.vision_test_images import SMALL_CONFIGS, write_image_files
+
+    items = _inputs(tmp_path) | write_image_files(tmp_path / "more")
+    for cfg in (OFFICIAL, SMALL_CONFIGS["siglip_defaults"]):
+        errs = {}
+        for name, img in items.items():
+            got, want = preprocess_image(img, cfg), _ref(img, "torchvision", cfg)
+            assert got.shape == want.shape and got.dtype == np.float32
+            errs[name] = float(np.max(np.abs(got - want)))
+        print(f"torchvision backend ({cfg.get('resample', 3)}): {len(errs)} inputs, max |diff| {max(errs.values())}")
+        assert len(errs) == 23 and max(errs.values()) == 0.0, {k: v for k, v in errs.items() if v}
