@@ -12,7 +12,7 @@ casts lifted), so the comparison with minig3n's float64 mode is exact to ~1e-14.
 Works for ``Gemma3nForCausalLM`` (``gemma3n_text``) and ``Gemma3nForConditionalGeneration`` (``gemma3n``)
 checkpoint directories.
 With ``--chat TEXT --image PATH ... --audio PATH`` (multimodal checkpoints) the inputs come from the reference
-processor (PIL image backend, as minig3n; WAVs must be float32 at 16 kHz) and the towers are traced too
+processor (``--image-backend``, default torchvision as the reference and minig3n; WAVs must be float32 at 16 kHz) and the towers are traced too
 (``hooked_multimodal_trace``: module outputs with their batch axis, the embedders' soft-path outputs); float64
 then runs under both ``lift_text`` and ``lift_audio``.
 """
@@ -146,13 +146,14 @@ def trace_reference_multimodal(model_dir, inputs: dict, dtype: str = "float32") 
         return hooked_multimodal_trace(model, lambda: model(**kw))
 
 
-def reference_inputs(model_dir, chat: str, images=(), audio=(), system=None) -> dict:
+def reference_inputs(model_dir, chat: str, images=(), audio=(), system=None, image_backend="torchvision") -> dict:
     """The reference processor's inputs for ``minig3n trace --chat TEXT --image ... --audio ...`` (media attached
-    to the user turn: images, then audio, then the text). PIL image backend, WAVs read with scipy at 16 kHz."""
+    to the user turn: images, then audio, then the text). Image backend ``image_backend`` (the reference's default,
+    torchvision, like minig3n's; or "pil"), WAVs read with scipy at 16 kHz."""
     from PIL import Image
     from scipy.io import wavfile
     from transformers import AutoProcessor
-    proc = AutoProcessor.from_pretrained(model_dir, backend="pil")
+    proc = AutoProcessor.from_pretrained(model_dir, backend=image_backend)
     parts = [{"type": "image", "image": Image.open(p).convert("RGB")} for p in images]
     for p in audio:
         rate, data = wavfile.read(p)
@@ -176,12 +177,13 @@ def main(argv=None) -> int:
     ap.add_argument("--system")
     ap.add_argument("--image", action="append", default=[])
     ap.add_argument("--audio", action="append", default=[])
+    ap.add_argument("--image-backend", choices=["torchvision", "pil"], default="torchvision")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.chat is not None:
-        inputs = reference_inputs(a.model, a.chat, a.image, a.audio, a.system)
+        inputs = reference_inputs(a.model, a.chat, a.image, a.audio, a.system, a.image_backend)
         ids = [int(t) for t in inputs["input_ids"][0]]
         tr = trace_reference_multimodal(a.model, inputs, a.dtype)
     else:
