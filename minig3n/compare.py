@@ -27,7 +27,7 @@ tolerance). ``--json FILE`` (``-`` = stdout) writes ``{"rows": [...], "culprit":
 NAME|null, "exit": 0|1, ...}``; non-finite numbers are written as null.
 
 Python API: ``load_trace(path) -> (tensors, meta)`` (tensors in forward order, metadata JSON-decoded),
-``compare(a, b, ...) -> rows`` (a, b: paths or {name: array}), ``culprit(rows)``, ``first_exceeding(rows)``;
+``compare(a, b, ...) -> rows`` (a, b: paths or {name: array}; ``minig3n.compare_traces``), ``culprit(rows)``, ``first_exceeding(rows)``;
 ``minig3n.trace.write_trace`` writes a trace (docs/PORTING.md).
 
 Source: minig3n's own tool; the names are the reference's module paths (``decoder.py``'s docstring).
@@ -43,6 +43,7 @@ import sys
 import numpy as np
 
 from .errors import CheckpointError, InputError
+from .trace_graph import inputs_of
 
 # Tolerances per tensor, relative to max|a| (see the module docstring). The default is the float32 preset.
 PRESETS = {
@@ -76,7 +77,7 @@ def load_trace(path, dtype=None) -> tuple[dict, dict]:
 
     The forward order is the metadata's ``order`` list (names it lacks follow in file order). dtype: None keeps
     the stored dtype (BF16 -> float32); e.g. np.float64 converts. Unreadable file -> CheckpointError naming it."""
-    from .checkpoint import load_safetensors
+    from .safetensors_io import load_safetensors
     try:
         tensors, meta = load_safetensors(path, dtype)
     except CheckpointError as e:
@@ -139,87 +140,6 @@ def tolerance_for(name: str, rules) -> float:
         if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(base, pattern):
             out = value
     return 1e-5 if out is None else out
-
-
-# Which traced tensors a module reads -----------------------------------------------------------------------
-_LAYER = re.compile(r"^(?P<step>step\d+\.)?(?P<X>.*?)layers\.(?P<l>\d+)(?:\.(?P<sub>[\w.]+))?$")
-_TOPLEVEL = re.compile(r"^(?P<step>step\d+\.)?(?P<X>.*?)(?P<sub>embed_tokens|embed_tokens_per_layer|inputs_embeds|"
-                       r"per_layer_model_projection|per_layer_projection_norm|altup_projections\.\d+|"
-                       r"altup_unembed_projections\.\d+|norm|lm_head|logits)$")
-_IN_LAYER = {   # sub-module -> the sub-modules of the same layer it reads ("<streams>" = the layer's input)
-    "input_layernorm": ["<streams>"],
-    "laurel": ["input_layernorm"], "self_attn": ["input_layernorm", "self_attn.v"],
-    "self_attn.q": ["input_layernorm"], "self_attn.k": ["input_layernorm"], "self_attn.v": ["input_layernorm"],
-    "post_attention_layernorm": ["self_attn"],
-    "pre_feedforward_layernorm": ["post_attention_layernorm", "laurel", "<streams>"],
-    "mlp.gate": ["pre_feedforward_layernorm"], "mlp": ["pre_feedforward_layernorm", "mlp.gate"],
-    "post_feedforward_layernorm": ["mlp"],
-    "altup": ["post_feedforward_layernorm", "pre_feedforward_layernorm", "<streams>"],
-    "per_layer_input_gate": ["altup"],
-    "per_layer_projection": ["per_layer_input_gate", "<ple>"],
-    "post_per_layer_input_norm": ["per_layer_projection"],
-    "": ["altup", "post_per_layer_input_norm", "post_feedforward_layernorm", "<streams>"],
-}
-
-
-def inputs_of(name: str, names) -> list[str]:
-    """The traced tensors (among ``names``, a collection) the module ``name`` reads, by the Gemma 3n trace names
-    (``decoder.py``): e.g. ``X.layers.3.mlp`` reads ``X.layers.3.pre_feedforward_layernorm``; a layer's input
-    streams are ``X.layers.{l-1}`` (layer 0: the embeddings and ``X.altup_projections.*``). A cached decode step
-    (``step{n}.``) also reads the previous step's attention input of the same layer (the KV cache). Names it does
-    not know read the tensor before them in ``names`` (when ``names`` is ordered)."""
-    names = list(names)
-    present = set(names)
-
-    def first_present(cands):
-        return [c for c in cands if c in present]
-
-    m = _LAYER.match(name)
-    if m and (m["sub"] is None or m["sub"] in _IN_LAYER):
-        step, X, li, sub = m["step"] or "", m["X"], int(m["l"]), m["sub"] or ""
-        here = f"{step}{X}layers.{li}"
-        if li > 0:
-            streams = [f"{step}{X}layers.{li - 1}"]
-        else:
-            streams = [f"{step}{X}{s}" for s in ("inputs_embeds", "embed_tokens")] + \
-                      [n for n in names if n.startswith(f"{step}{X}altup_projections.")]
-        out = []
-        for src in _IN_LAYER[sub]:
-            if src == "<streams>":
-                out += streams
-            elif src == "<ple>":
-                out += [f"{step}{X}per_layer_projection_norm", f"{step}{X}embed_tokens_per_layer"]
-            else:
-                out.append(f"{here}.{src}")
-        sm = re.match(r"step(\d+)\.", step)
-        if sub.startswith("self_attn") and sm and int(sm[1]) > 0:   # keys/values of the earlier steps
-            prev = f"step{int(sm[1]) - 1}.{X}layers.{li}"
-            out += [f"{prev}.self_attn.k", f"{prev}.self_attn.v", f"{prev}.input_layernorm"]
-        return first_present(dict.fromkeys(out))
-    m = _TOPLEVEL.match(name)
-    if m:
-        step, X, sub = m["step"] or "", m["X"], m["sub"]
-        last = sorted({int(k["l"]) for k in map(_LAYER.match, names) if k and (k["step"] or "") == step
-                       and k["X"] == X and k["sub"] is None}, reverse=True)
-        top = {"embed_tokens": [], "embed_tokens_per_layer": [], "inputs_embeds": [f"{X}embed_tokens"],
-               "per_layer_model_projection": ["inputs_embeds", "embed_tokens"],
-               "per_layer_projection_norm": ["per_layer_model_projection"],
-               "norm": [n[len(step + X):] for n in names if n.startswith(f"{step}{X}altup_unembed_projections.")]
-               + ([f"layers.{last[0]}"] if last else []),
-               "lm_head": ["norm"], "logits": ["lm_head"]}
-        if sub.startswith("altup_projections."):
-            srcs = ["inputs_embeds", "embed_tokens"]
-        elif sub.startswith("altup_unembed_projections."):
-            srcs = [f"layers.{last[0]}"] if last else []
-        else:
-            srcs = top[sub]
-        if sub == "lm_head":      # lm_head / logits carry no model prefix: the text model's norm
-            return first_present([f"{step}model.norm", f"{step}model.language_model.norm"])
-        if sub == "logits":
-            return first_present([f"{step}lm_head"])
-        return first_present(dict.fromkeys(f"{step}{X}{s}" for s in srcs))
-    i = names.index(name) if name in present else -1
-    return [names[i - 1]] if i > 0 else []
 
 
 # Comparing ---------------------------------------------------------------------------------------------------
@@ -295,6 +215,9 @@ def compare(a, b, *, preset: str = "float32", rtol: float | None = None, tol=())
     return rows
 
 
+compare_traces = compare      # the name exported by the package (``minig3n.compare`` is this module)
+
+
 def first_exceeding(rows) -> str | None:
     return next((r["name"] for r in rows if r["exceeds"]), None)
 
@@ -331,10 +254,12 @@ def compare_files(path_a, path_b, rtol: float | None = None, out=None, *, preset
     """Print the comparison table (to ``out``, default stdout), optionally write the JSON report; return the exit
     code (0 all within tolerance, 1 some exceed)."""
     out = out or sys.stdout
-    rules = tolerances(preset, rtol, tol)      # bad tolerances fail before any file is read
-    ta, _ = load_trace(path_a, np.float64)
-    tb, _ = load_trace(path_b, np.float64)
-    rows = compare(path_a, path_b, preset=preset, rtol=rtol, tol=tol)
+    tolerances(preset, rtol, tol)              # bad tolerances fail before any file is read
+    ta, meta_a = load_trace(path_a, np.float64)
+    tb, meta_b = load_trace(path_b, np.float64)
+    if not isinstance(meta_a.get("order"), list) and isinstance(meta_b.get("order"), list):
+        ta = {n: ta[n] for n in [*[m for m in tb if m in ta], *[m for m in ta if m not in tb]]}   # B's order
+    rows = compare(ta, tb, preset=preset, rtol=rtol, tol=tol)
     if not rows:
         raise InputError(f"{path_a} and {path_b} have no tensor name in common")
     only_a, only_b = [n for n in ta if n not in tb], [n for n in tb if n not in ta]

@@ -27,7 +27,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from minig3n.checkpoint import load_safetensors
+from minig3n.safetensors_io import load_safetensors
 
 
 def _bf16(x):

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from minig3n.checkpoint import save_safetensors
+from minig3n.safetensors_io import save_safetensors
 from minig3n.cli import main
-from minig3n.compare import compare, culprit, first_exceeding, inputs_of, load_trace
+from minig3n.compare import compare, culprit, first_exceeding, load_trace
+from minig3n.trace_graph import inputs_of
 from minig3n.trace import write_trace
 from tests.golden_io import load_golden
 from tests.porting_example import port_trace
