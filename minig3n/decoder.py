@@ -19,7 +19,8 @@ per-layer-embedding table only row by row (``Checkpoint.rows``), never whole.
 
 Trace names (``forward(..., trace={})``; batch row 0, batch axis dropped; ``X`` = the model prefix,
 ``model.`` for Gemma3nForCausalLM checkpoints, ``model.language_model.`` for multimodal ones), in this order:
-``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None), ``X.embed_tokens_per_layer`` [T, L*P],
+``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None; else ``X.inputs_embeds`` [T, D], the merged
+embeddings the reference's language model receives), ``X.embed_tokens_per_layer`` [T, L*P],
 ``X.per_layer_model_projection`` [T, L*P], ``X.per_layer_projection_norm`` [T, L, P],
 ``X.altup_projections.{i}`` [T, D]; per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``,
 ``self_attn`` (after o_proj), ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``mlp``,
@@ -210,6 +211,7 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         rec("embed_tokens", h0)
     else:
         h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
+        rec("inputs_embeds", h0)                                              # the merged embeddings
     table = model.prefix + "embed_tokens_per_layer.weight"
     ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg, rec)  # [B, T, L, P]
 

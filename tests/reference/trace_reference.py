@@ -62,6 +62,13 @@ def hooked_trace(model: torch.nn.Module, run) -> dict:
                 return y
             m.scale_corrected_output = wrapped
             patched.append(m)
+    lm = dict(model.named_modules()).get("model.language_model")
+    if lm is not None:      # Gemma3nForConditionalGeneration: the merged embeddings the language model receives
+        def pre(mod, args, kwargs):
+            e = kwargs.get("inputs_embeds")
+            if e is not None and INPUTS_EMBEDS not in out:
+                out[INPUTS_EMBEDS] = e[0].detach().numpy().copy()
+        handles.append(lm.register_forward_pre_hook(pre, with_kwargs=True))
     try:
         result = run()
     finally:
@@ -70,7 +77,35 @@ def hooked_trace(model: torch.nn.Module, run) -> dict:
         for m in patched:
             del m.scale_corrected_output
     out["logits"] = result.logits[0].detach().numpy().copy()
+    if INPUTS_EMBEDS in out:   # Gemma3nModel looks up the PLE rows before it calls the language model; minig3n
+        names = [n for n in out if n != INPUTS_EMBEDS]     # records the merged embeddings first (forward order)
+        at = names.index("model.language_model.embed_tokens_per_layer")
+        out = {n: out[n] for n in [*names[:at], INPUTS_EMBEDS, *names[at:]]}
     return out
+
+
+INPUTS_EMBEDS = "model.language_model.inputs_embeds"
+
+
+def traced_decode(model, tracer, first: dict, steps: int) -> tuple[dict, list]:
+    """``tracer(model, run)`` on the prefill ``model(**first)``, then ``steps`` greedy steps with the reference's
+    own KV cache (``cache=``, formerly ``past_key_values``), each traced by ``hooked_trace`` under ``step{n}.`` + the same names, as
+    ``minig3n trace --decode-steps``. -> (trace, the ids fed to the steps)."""
+    held = {}
+
+    def call(**kw):
+        held["r"] = model(**kw, use_cache=True)
+        return held["r"]
+
+    trace = tracer(model, lambda: call(**first))
+    fed = []
+    for n in range(1, steps + 1):
+        token = int(held["r"].logits[0, -1].argmax())
+        fed.append(token)
+        cache = held["r"].past_key_values
+        step = hooked_trace(model, lambda: call(input_ids=torch.tensor([[token]]), cache=cache))
+        trace.update({f"step{n}.{k}": v for k, v in step.items()})
+    return trace, fed
 
 
 def load_reference(model_dir, dtype: str = "float32"):
@@ -87,11 +122,14 @@ def load_reference(model_dir, dtype: str = "float32"):
     return model.double() if dtype == "float64" else model
 
 
-def trace_reference(model_dir, ids, dtype: str = "float32") -> dict:
+def trace_reference(model_dir, ids, dtype: str = "float32", decode_steps: int = 0):
+    """The reference's trace of ``ids``; with ``decode_steps``, (trace, fed ids) of ``traced_decode``."""
     from tests.reference.lift_text import lifted_text
     model = load_reference(model_dir, dtype)
     x = torch.tensor([list(ids)], dtype=torch.long)
     with torch.no_grad(), lifted_text():
+        if decode_steps:
+            return traced_decode(model, hooked_trace, {"input_ids": x}, decode_steps)
         return hooked_trace(model, lambda: model(input_ids=x))
 
 
@@ -130,7 +168,7 @@ def hooked_multimodal_trace(model: torch.nn.Module, run) -> dict:
     return {**{n: text[n] for n in first}, **towers, **{n: v for n, v in text.items() if n not in first}}
 
 
-def trace_reference_multimodal(model_dir, inputs: dict, dtype: str = "float32") -> dict:
+def trace_reference_multimodal(model_dir, inputs: dict, dtype: str = "float32", decode_steps: int = 0):
     """Trace ``Gemma3nForConditionalGeneration`` on processed inputs (numpy arrays: input_ids [1, T],
     pixel_values, input_features, input_features_mask); float64 runs under both lifts (text and audio)."""
     from tests.reference.lift_audio import lift_audio
@@ -143,8 +181,16 @@ def trace_reference_multimodal(model_dir, inputs: dict, dtype: str = "float32") 
             kw[k] = torch.tensor(np.asarray(inputs[k])).to(work)
     if inputs.get("input_features_mask") is not None:
         kw["input_features_mask"] = torch.tensor(np.asarray(inputs["input_features_mask"]).astype(bool))
+    front = {"input_ids": np.asarray(inputs["input_ids"])[0].astype(np.float64)}   # the processor's outputs
+    for k in ("pixel_values", "input_features", "input_features_mask"):
+        if inputs.get(k) is not None:
+            v = np.asarray(inputs[k])
+            front[k] = v.astype(np.float64) if v.dtype.kind in "iub" else v
     with torch.no_grad(), lifted_text(), lift_audio():
-        return hooked_multimodal_trace(model, lambda: model(**kw))
+        if decode_steps:
+            tr, fed = traced_decode(model, hooked_multimodal_trace, kw, decode_steps)
+            return {**front, **tr}, fed
+        return {**front, **hooked_multimodal_trace(model, lambda: model(**kw))}
 
 
 def reference_inputs(model_dir, chat: str, images=(), audio=(), system=None, image_backend="torchvision") -> dict:
@@ -179,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image", action="append", default=[])
     ap.add_argument("--audio", action="append", default=[])
     ap.add_argument("--image-backend", choices=["torchvision", "pil"], default="torchvision")
+    ap.add_argument("--decode-steps", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     a = ap.parse_args(argv)
@@ -186,12 +233,15 @@ def main(argv=None) -> int:
     if a.chat is not None:
         inputs = reference_inputs(a.model, a.chat, a.image, a.audio, a.system, a.image_backend)
         ids = [int(t) for t in inputs["input_ids"][0]]
-        tr = trace_reference_multimodal(a.model, inputs, a.dtype)
+        tr = trace_reference_multimodal(a.model, inputs, a.dtype, a.decode_steps)
     else:
         ids = [int(t) for t in a.ids.split(",") if t.strip()]
-        tr = trace_reference(a.model, ids, a.dtype)
+        tr = trace_reference(a.model, ids, a.dtype, a.decode_steps)
+    fed = []
+    if a.decode_steps:
+        tr, fed = tr
     save_safetensors(a.out, tr, {"order": json.dumps(list(tr)), "source": "reference transformers",
-                                 "ids": json.dumps(ids), "dtype": a.dtype})
+                                 "ids": json.dumps(ids), "dtype": a.dtype, "decoded_ids": json.dumps(fed)})
     print(f"wrote {len(tr)} tensors to {a.out}")
     return 0
 
