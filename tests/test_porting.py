@@ -171,3 +171,41 @@ def test_generate_json_gives_the_greedy_ids(capsys, tiny_dir):
     assert doc["ids"] == [t for t, _ in want] and doc["text"] == "".join(p for _, p in want)
     assert doc["prompt_ids"] == Tokenizer.from_dir(tiny_dir).encode("Per-layer embeddings", add_bos=True)
     assert doc["stats"]["new_tokens"] == len(doc["ids"]) == 12
+
+
+def test_trace_decode_steps_follow_the_cache_path(tmp_path):
+    """``trace --decode-steps 4`` on the 7-layer golden model (11 ids, window 8, KV-shared layers): the fed ids are
+    the greedy ids of a cached decode (what ``generate`` runs), each step's logits equal that forward bit for bit, and
+    every step holds the prefill's names under ``step{n}.`` (ids from --ids-file, a JSON list)."""
+    from minig3n import decoder
+    from minig3n.kv_cache import KVCache
+    g = load_golden("text_model_causal")
+    d = tmp_path / "m"
+    d.mkdir()
+    save_safetensors(d / "model.safetensors", g.weights)
+    (d / "config.json").write_text(json.dumps({**g.meta["config"], "model_type": "gemma3n_text"}))
+    (tmp_path / "ids.json").write_text(json.dumps(IDS))
+    out = tmp_path / "t.safetensors"
+    assert main(["trace", "--model", str(d), "--ids-file", str(tmp_path / "ids.json"), "--out", str(out),
+                 "--dtype", "float64", "--decode-steps", "4"]) == 0
+    tr, meta = load_trace(out)
+    model = decoder.load_text_model(d, np.float64)
+    logits, cache = decoder.forward(model, np.array([IDS]), cache=KVCache.empty(model.cfg, 1, np.float64))
+    fed = []
+    for n in range(1, 5):
+        fed.append(int(np.argmax(logits[0, -1])))
+        logits, cache = decoder.forward(model, np.array([[fed[-1]]]), cache=cache)
+        np.testing.assert_array_equal(tr[f"step{n}.logits"], logits[0])
+    assert meta["decoded_ids"] == fed and meta["decode_steps"] == 4
+    prefill = [n for n in tr if not n.startswith("step")]
+    assert [n[len("step3."):] for n in tr if n.startswith("step3.")] == prefill
+    assert tr["step2.model.layers.5.self_attn"].shape == (1, 32)
+
+
+@pytest.mark.parametrize("text, words", [("[1, 2.5]", "JSON list of integers"), ("2 x 3", "'x' is not an integer"),
+                                         ("", "no token ids")])
+def test_ids_file_errors(tmp_path, capsys, ckpt, text, words):
+    (tmp_path / "ids.txt").write_text(text)
+    assert main(["trace", "--model", str(ckpt), "--ids-file", str(tmp_path / "ids.txt"), "--out",
+                 str(tmp_path / "t.safetensors")]) == 2
+    assert words in capsys.readouterr().err

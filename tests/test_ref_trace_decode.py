@@ -43,7 +43,8 @@ def test_decode_steps_agree_with_reference_cache(tmp_path, one_torch_thread, whi
     assert len(per_step) == 13 and first_exceeding(rows) is None
     assert any(n.startswith("step12.") and n.endswith("layers.0.self_attn") for n in tb)
     ta, ma, tb, mb = _both(tmp_path, model, ids, 12, "float32")
-    # float32 through 12 cached steps: the project's whole-model float32 bound sqrt(depth) * 1e-5 (docs/NUMERICS.md)
+    # float32 through 12 cached steps: the project's float32 bound for a chain of modules, sqrt(depth) * 1e-5
+    # (tests/golden_io.tol32_whole_model),
     # rather than the per-module 1e-5; measured 1.7e-6 (nano) and 9.8e-6 (tiny)
     rows = compare(ta, tb, rtol=4e-5)
     print(which, "float32 worst rel:", f"{max(r['rel'] for r in rows):.1e}", "ids", mb["decoded_ids"])
