@@ -22,13 +22,19 @@ Trace names (``forward(..., trace={})``; batch row 0, batch axis dropped; ``X`` 
 ``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None; else ``X.inputs_embeds`` [T, D], the merged
 embeddings the reference's language model receives), ``X.embed_tokens_per_layer`` [T, L*P],
 ``X.per_layer_model_projection`` [T, L*P], ``X.per_layer_projection_norm`` [T, L, P],
-``X.altup_projections.{i}`` [T, D]; per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``,
-``self_attn`` (after o_proj), ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``mlp``,
+``X.altup_projections.{i}`` [T, D], ``X.altup_streams`` [K, T, D]* (the K streams after magnitude matching:
+layer 0's input); per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``, ``self_attn.q`` [T, N, E]*
+(after q_norm and RoPE), ``self_attn.k`` / ``self_attn.v`` [T, G, E]* (this call's keys after k_norm and RoPE,
+values after v_norm; not on KV-shared layers), ``self_attn`` (after o_proj), ``post_attention_layernorm``,
+``pre_feedforward_layernorm``, ``mlp.gate_proj`` [T, I]* (the pre-activation gate), ``mlp``,
 ``post_feedforward_layernorm``, ``altup`` (the corrected active stream times correct_output_scale),
 ``per_layer_input_gate``, ``per_layer_projection``, ``post_per_layer_input_norm`` (all [T, D] or [T, P]),
 then ``X.layers.{l}`` [K, T, D] (the layer's output streams); ``X.altup_unembed_projections.{i}`` [T, D],
-``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Each is the output of
-the reference module of that name (a forward hook there gives the same array).
+``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Names marked * are recorded
+only into a ``FineTrace`` (``minig3n trace --fine``). Each is the output of
+the reference module of that name (a forward hook there gives the same array), except ``inputs_embeds``,
+``altup_streams`` and ``self_attn.q/k/v``: values inside the reference's forward code (``self_attn.v`` is
+``v_norm``'s output; tests/reference/trace_reference.py shows where each is caught).
 """
 from __future__ import annotations
 
@@ -161,14 +167,16 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     lau = laurel(normed, sub_params(p, "laurel"), eps)                              # [B, T, D]
     rec("laurel", lau)
     attn, kv = self_attention(normed, sub_params(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
-                              past_kv=past_kv, shared_kv=shared_kv)           # [B, T, D]
+                              past_kv=past_kv, shared_kv=shared_kv,
+                              rec=_sub(rec, "self_attn"))                     # [B, T, D]
     rec("self_attn", attn)
     attn = rms_norm(attn, p["post_attention_layernorm.weight"], eps)          # [B, T, D]
     rec("post_attention_layernorm", attn)
     h = (active + attn + lau) / t(math.sqrt(2))                               # [B, T, D] (a + attn) + laurel
     x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
     rec("pre_feedforward_layernorm", x)
-    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
+    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx],
+            _sub(rec, "mlp"))                                                 # [B, T, D]
     rec("mlp", x)
     x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
     rec("post_feedforward_layernorm", x)
@@ -222,6 +230,8 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
 
     # 3. AltUp streams and the layers
     streams = altup_mod.make_streams(h0, root, cfg, rec)                      # [K, B, T, D]
+    if getattr(rec, "fine", False):
+        rec("altup_streams", streams.transpose(1, 0, 2, 3))                   # [B, K, T, D] magnitude-matched
     kv = ForwardKV(cfg, cache, past, T)
     for li in range(cfg.num_hidden_layers):
         past_kv, shared_kv, k_pos = kv.inputs(li)
@@ -245,16 +255,31 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
 
 
 # Helpers of forward ------------------------------------------------------------------------------------------
+class FineTrace(dict):
+    """A trace dict that also asks for the finer names (``self_attn.q/k/v``, ``mlp.gate_proj``,
+    ``altup_streams``; module docstring): ``forward(..., trace=FineTrace())``. A plain dict gets the others."""
+
+    fine = True
+
+
 def _recorder(trace, prefix: str):
     """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name,
     ``prefix.name`` (``prefix`` itself for name "", and ``lm_head`` / ``logits`` unprefixed, as the reference
-    names them). Without a trace it does nothing."""
+    names them). Without a trace it does nothing. ``rec.fine``: the trace wants the finer names."""
     if trace is None:
         return _no_rec
 
     def rec(sub, x):
         trace[sub if sub in ("lm_head", "logits") else f"{prefix}.{sub}" if sub else prefix] = np.array(x[0])
+    rec.fine = getattr(trace, "fine", False)
     return rec
+
+
+def _sub(rec, module: str):
+    """The recorder a sub-module gets for the finer names (None when the trace does not want them)."""
+    if not getattr(rec, "fine", False):
+        return None
+    return lambda name, x: rec(f"{module}.{name}", x)
 
 
 def _no_rec(name, x):

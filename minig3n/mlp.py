@@ -42,11 +42,14 @@ def gaussian_topk(gate, sparsity: float):
     return np.maximum(gate - (mean + std * z), gate.dtype.type(0.0))          # [B, T, I]
 
 
-def mlp(x, p, sparsity: float = 0.0):
+def mlp(x, p, sparsity: float = 0.0, rec=None):
     """``down_proj(gelu_tanh(sparsify(gate_proj(x))) * up_proj(x))``.   [B, T, D] -> [B, T, D]
 
-    ``p``: ``gate_proj.weight`` [I, D], ``up_proj.weight`` [I, D], ``down_proj.weight`` [D, I]."""
+    ``p``: ``gate_proj.weight`` [I, D], ``up_proj.weight`` [I, D], ``down_proj.weight`` [D, I].
+    ``rec(name, array)``, if given, receives the pre-activation gate as ``gate_proj``."""
     gate = linear(x, p["gate_proj.weight"])                                   # [B, T, I]
+    if rec is not None:
+        rec("gate_proj", gate)
     if sparsity > 0.0:
         gate = gaussian_topk(gate, sparsity)                                  # [B, T, I]
     up = linear(x, p["up_proj.weight"])                                       # [B, T, I]

@@ -41,7 +41,7 @@ def trace_text(model, ids, dtype=None, decode_steps: int = 0, mm=None) -> dict:
     return trace_decode(model, ids, decode_steps, mm)[0]
 
 
-def trace_decode(model, ids, decode_steps: int = 0, mm=None, prefill=None) -> tuple[dict, list]:
+def trace_decode(model, ids, decode_steps: int = 0, mm=None, prefill=None, fine: bool = False) -> tuple[dict, list]:
     """The prefill of ``ids`` and ``decode_steps`` greedy steps through the KV cache (the path ``generate``
     takes) -> (trace, the ids fed to the steps). The prefill's names are the plain ones; step n (1, 2, ...) feeds
     the argmax of the previous logits as one new token and records the same names prefixed ``step{n}.``.
@@ -49,7 +49,8 @@ def trace_decode(model, ids, decode_steps: int = 0, mm=None, prefill=None) -> tu
     ``mm``: the ``multimodal.MultimodalModel`` of a multimodal checkpoint: then every call embeds its ids as the
     reference's ``Gemma3nModel`` does (``multimodal.embed_inputs``: image / audio ids through the embedders'
     hard path) and the merged ``X.inputs_embeds`` are traced. ``prefill(trace, cache)``: runs the prefill
-    instead (the processed multimodal inputs) and returns (logits, cache)."""
+    instead (the processed multimodal inputs) and returns (logits, cache). ``fine``: the finer names too
+    (``decoder.FineTrace``)."""
     from . import decoder
     from .kv_cache import KVCache
     cache = KVCache.empty(model.cfg, 1, model.dtype) if decode_steps else None
@@ -62,7 +63,8 @@ def trace_decode(model, ids, decode_steps: int = 0, mm=None, prefill=None) -> tu
             embeds = embed_inputs(mm, step_ids, trace=trace)                     # [1, T, D]
         return decoder.forward(model, step_ids, inputs_embeds=embeds, cache=cache, trace=trace)
 
-    trace: dict = {}
+    new = decoder.FineTrace if fine else dict
+    trace = new()
     if prefill is not None:
         logits, cache = prefill(trace, cache)
     else:
@@ -72,7 +74,7 @@ def trace_decode(model, ids, decode_steps: int = 0, mm=None, prefill=None) -> tu
     for n in range(1, decode_steps + 1):
         token = int(np.argmax(logits[0, -1]))
         fed.append(token)
-        step: dict = {}
+        step = new()
         logits, cache = run([token], step, cache)                                  # [1, 1, V]
         trace.update({f"step{n}.{k}": v for k, v in step.items()})
     return trace, fed
@@ -152,6 +154,9 @@ def add_trace_arguments(parser) -> None:
     parser.add_argument("--decode-steps", type=int, default=0, metavar="N",
                         help="after the prefill, N greedy decoding steps through the KV cache, each traced under "
                              "the same names prefixed 'step{n}.' (the cached path generate takes)")
+    parser.add_argument("--fine", action="store_true",
+                        help="also the finer names: q, k, v after their norms and RoPE, the MLP's pre-activation gate "
+                             "(mlp.gate_proj), the AltUp streams after magnitude matching (altup_streams)")
 
 
 def run_trace(args) -> int:
@@ -181,7 +186,7 @@ def run_trace(args) -> int:
     if ckpt.config.is_multimodal:          # ids are embedded as Gemma3nModel does (hard path for media ids)
         from .multimodal import load_multimodal_model
         mm = load_multimodal_model(ckpt)
-    trace, fed = trace_decode(model, ids, args.decode_steps, mm)
+    trace, fed = trace_decode(model, ids, args.decode_steps, mm, fine=args.fine)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
                 decode_steps=args.decode_steps, decoded_ids=fed)
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {args.decode_steps} decode step(s), {args.dtype}) "
@@ -239,10 +244,10 @@ def run_trace_multimodal(args) -> int:
     ckpt = Checkpoint(args.model, np.dtype(args.dtype))
     if inputs.pixel_values is None and inputs.input_features is None and not ckpt.config.is_multimodal:
         from .decoder import load_text_model   # --chat without media on a text-only checkpoint
-        trace, fed = trace_decode(load_text_model(ckpt), ids, args.decode_steps)
+        trace, fed = trace_decode(load_text_model(ckpt), ids, args.decode_steps, fine=args.fine)
     else:
         mm = load_multimodal_model(ckpt)
-        trace, fed = trace_decode(mm.text, None, args.decode_steps, mm, _multimodal_prefill(mm, inputs))
+        trace, fed = trace_decode(mm.text, None, args.decode_steps, mm, _multimodal_prefill(mm, inputs), args.fine)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
                 images=[str(i) for i in args.image], audio=[str(a) for a in args.audio],
                 decode_steps=args.decode_steps, decoded_ids=fed)

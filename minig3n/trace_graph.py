@@ -16,15 +16,16 @@ import re
 
 _LAYER = re.compile(r"^(?P<step>step\d+\.)?(?P<X>.*?)layers\.(?P<l>\d+)(?:\.(?P<sub>[\w.]+))?$")
 _TOPLEVEL = re.compile(r"^(?P<step>step\d+\.)?(?P<X>.*?)(?P<sub>embed_tokens|embed_tokens_per_layer|inputs_embeds|"
-                       r"per_layer_model_projection|per_layer_projection_norm|altup_projections\.\d+|"
+                       r"per_layer_model_projection|per_layer_projection_norm|altup_projections\.\d+|altup_streams|"
                        r"altup_unembed_projections\.\d+|norm|lm_head|logits)$")
 _IN_LAYER = {   # sub-module -> the sub-modules of the same layer it reads ("<streams>" = the layer's input)
     "input_layernorm": ["<streams>"],
-    "laurel": ["input_layernorm"], "self_attn": ["input_layernorm", "self_attn.v"],
+    "laurel": ["input_layernorm"],
+    "self_attn": ["input_layernorm", "self_attn.q", "self_attn.k", "self_attn.v"],
     "self_attn.q": ["input_layernorm"], "self_attn.k": ["input_layernorm"], "self_attn.v": ["input_layernorm"],
     "post_attention_layernorm": ["self_attn"],
     "pre_feedforward_layernorm": ["post_attention_layernorm", "laurel", "<streams>"],
-    "mlp.gate": ["pre_feedforward_layernorm"], "mlp": ["pre_feedforward_layernorm", "mlp.gate"],
+    "mlp.gate_proj": ["pre_feedforward_layernorm"], "mlp": ["pre_feedforward_layernorm", "mlp.gate_proj"],
     "post_feedforward_layernorm": ["mlp"],
     "altup": ["post_feedforward_layernorm", "pre_feedforward_layernorm", "<streams>"],
     "per_layer_input_gate": ["altup"],
@@ -53,7 +54,7 @@ def inputs_of(name: str, names) -> list[str]:
         if li > 0:
             streams = [f"{step}{X}layers.{li - 1}"]
         else:
-            streams = [f"{step}{X}{s}" for s in ("inputs_embeds", "embed_tokens")] + \
+            streams = [f"{step}{X}{s}" for s in ("altup_streams", "inputs_embeds", "embed_tokens")] + \
                       [n for n in names if n.startswith(f"{step}{X}altup_projections.")]
         out = []
         for src in _IN_LAYER[sub]:
@@ -73,13 +74,16 @@ def inputs_of(name: str, names) -> list[str]:
         step, X, sub = m["step"] or "", m["X"], m["sub"]
         last = sorted({int(k["l"]) for k in map(_LAYER.match, names) if k and (k["step"] or "") == step
                        and k["X"] == X and k["sub"] is None}, reverse=True)
-        top = {"embed_tokens": [], "embed_tokens_per_layer": [], "inputs_embeds": [f"{X}embed_tokens"],
+        top = {"embed_tokens": [], "embed_tokens_per_layer": [], "inputs_embeds": ["embed_tokens"],
                "per_layer_model_projection": ["inputs_embeds", "embed_tokens"],
                "per_layer_projection_norm": ["per_layer_model_projection"],
                "norm": [n[len(step + X):] for n in names if n.startswith(f"{step}{X}altup_unembed_projections.")]
                + ([f"layers.{last[0]}"] if last else []),
                "lm_head": ["norm"], "logits": ["lm_head"]}
-        if sub.startswith("altup_projections."):
+        if sub == "altup_streams":
+            srcs = ["inputs_embeds", "embed_tokens"] + [n[len(step + X):] for n in names
+                                                        if n.startswith(f"{step}{X}altup_projections.")]
+        elif sub.startswith("altup_projections."):
             srcs = ["inputs_embeds", "embed_tokens"]
         elif sub.startswith("altup_unembed_projections."):
             srcs = [f"layers.{last[0]}"] if last else []

@@ -88,3 +88,23 @@ def test_multimodal_trace_holds_processor_outputs(tmp_path, one_torch_thread):
         np.testing.assert_array_equal(ta[k], tb[k])
     assert first_exceeding(compare(ta, tb, preset="float64")) is None
     assert json.dumps(mb["decoded_ids"])
+
+
+@pytest.mark.parametrize("which", ["nano", "tiny"])
+def test_fine_names_agree_with_reference(tmp_path, one_torch_thread, which):
+    """``--fine``: q, k, v after their norms and RoPE, the pre-activation gate (mlp.gate_proj) and the AltUp streams
+    after magnitude matching, caught inside the reference's forward (trace_reference._inner_values), agree in
+    float64 to 1e-10 in the prefill and 2 cached steps; KV-shared layers record q but no k / v of their own."""
+    from tests.conftest import TINY, WEIGHTS
+    model, ids = (WEIGHTS / "nano-gemma3n", NANO_IDS) if which == "nano" else (TINY, "2,17,5,40,41,42,1030,44")
+    ta, ma, tb, mb = _both(tmp_path, model, ids, 2, "float64", ["--fine"])
+    assert list(ta) == list(tb)
+    X = "model." if which == "nano" else "model.language_model."
+    last = max(int(n.split(".")[-1]) for n in tb if n.startswith(f"{X}layers.") and n.split(".")[-1].isdigit())
+    for name in (f"{X}altup_streams", f"{X}layers.0.self_attn.q", f"{X}layers.0.self_attn.k",
+                 f"{X}layers.0.self_attn.v", f"{X}layers.0.mlp.gate_proj", f"step2.{X}layers.{last}.self_attn.q"):
+        assert name in tb, name
+    assert f"{X}layers.{last}.self_attn.k" not in tb          # the last layer is KV-shared in both checkpoints
+    rows = compare(ta, tb, preset="float64")
+    assert first_exceeding(rows) is None
+    print(which, "fine names, worst float64 rel", f"{max(r['rel'] for r in rows):.1e}", len(rows), "tensors")
