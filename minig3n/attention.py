@@ -43,8 +43,12 @@ from .ops import linear, rms_norm, softmax
 
 
 # RoPE ------------------------------------------------------------------------------------------------------
-def rope_inv_freq(base: float, head_dim: int) -> np.ndarray:
-    """``1 / base ** (arange(0, E, 2) / E)`` as the reference's float32 buffer.   -> [E/2] float32"""
+def rope_inv_freq(base: float, head_dim: int, exact: bool = False) -> np.ndarray:
+    """``1 / base ** (arange(0, E, 2) / E)`` as the reference's float32 buffer.   -> [E/2] float32
+
+    ``exact``: computed in float64 instead (float64 ports compared with each other)."""
+    if exact:
+        return 1.0 / np.float64(base) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [E/2]
     exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)   # [E/2] float32
     powered = (np.float64(base) ** exponent.astype(np.float64)).astype(np.float32)  # [E/2] rounded powf
     return np.float32(1.0) / powered                                                # [E/2] float32

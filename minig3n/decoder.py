@@ -52,7 +52,7 @@ from .errors import InputError
 from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
-from .ops import gelu_tanh, linear, rms_norm, softcap
+from .ops import constant, gelu_tanh, linear, rms_norm, softcap
 from .params import sub_params
 from .ple import per_layer_inputs
 from .weight_shapes import text_weight_shapes
@@ -75,11 +75,15 @@ class TextModel:
         return self.ckpt.params(self.prefix + sub)
 
 
-def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
+def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "reference") -> TextModel:
     """Open a checkpoint directory (or wrap an open ``Checkpoint``) and check every text tensor's shape.
 
     dtype: float32 (default) or float64 for a directory; an open Checkpoint computes in its own dtype (passing
-    another one is an error)."""
+    another one is an error). constants: "reference" (the reference's float32 values of sqrt(D), D^-0.5,
+    sqrt(P), 1/sqrt(2), 1/D, the RoPE frequencies and the sparsity z-score, also in float64: what the lifted
+    reference computes) or "exact" (float64 only: those constants computed exactly in float64, to compare
+    float64 ports with each other). The choice rides on the model's config as ``cfg.exact_constants`` (an
+    attribute, not a config.json key)."""
     if isinstance(model_dir_or_checkpoint, Checkpoint):
         ckpt = model_dir_or_checkpoint
         if dtype is not None and np.dtype(dtype) != ckpt.dtype:
@@ -89,6 +93,14 @@ def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
     ckpt.check_shapes(text_weight_shapes(cfg, prefix))
+    if constants not in ("reference", "exact"):
+        raise InputError(f"constants must be 'reference' or 'exact', got {constants!r}")
+    if constants == "exact":
+        if ckpt.dtype != np.float64:
+            raise InputError("exact constants (--constants exact) need float64 (--dtype float64)")
+        import dataclasses
+        cfg = dataclasses.replace(cfg)
+        object.__setattr__(cfg, "exact_constants", True)   # read with getattr(cfg, "exact_constants", False)
     return TextModel(cfg, ckpt, prefix)
 
 
@@ -115,7 +127,8 @@ def embed_tokens(model: TextModel, input_ids) -> np.ndarray:
     """``embed_tokens.weight[ids] * sqrt(D)`` (the float32 value of sqrt(D)).   [B, T] -> [B, T, D]"""
     ids = check_input_ids(input_ids, model.cfg)
     rows = model.ckpt.rows(model.prefix + "embed_tokens.weight", ids)          # [B, T, D]
-    return rows * rows.dtype.type(np.float32(model.cfg.hidden_size ** 0.5))   # [B, T, D]
+    exact = getattr(model.cfg, "exact_constants", False)
+    return rows * constant(model.cfg.hidden_size ** 0.5, rows.dtype, exact)   # [B, T, D]
 
 
 def positions_from_mask(attention_mask, past_length: int = 0):
@@ -176,7 +189,7 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
     rec("pre_feedforward_layernorm", x)
     x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx],
-            _sub(rec, "mlp"))                                                 # [B, T, D]
+            _sub(rec, "mlp"), getattr(cfg, "exact_constants", False))        # [B, T, D]
     rec("mlp", x)
     x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
     rec("post_feedforward_layernorm", x)
@@ -301,7 +314,8 @@ def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
     elif np.shape(position_ids) != (B, T):
         raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
     rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
-    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+    exact = getattr(cfg, "exact_constants", False)
+    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim, exact), dtype)
             for lt in set(cfg.layer_types)}                                   # [B, T, E] pairs
 
 

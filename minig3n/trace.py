@@ -154,6 +154,11 @@ def add_trace_arguments(parser) -> None:
     parser.add_argument("--decode-steps", type=int, default=0, metavar="N",
                         help="after the prefill, N greedy decoding steps through the KV cache, each traced under "
                              "the same names prefixed 'step{n}.' (the cached path generate takes)")
+    parser.add_argument("--constants", choices=["reference", "exact"], default="reference",
+                        help="reference (default): the reference's float32 values of sqrt(D), the RoPE frequencies, "
+                             "the sparsity z-score etc., also in float64 (matches the lifted reference); exact: "
+                             "those computed exactly in float64 (needs --dtype float64), to compare float64 ports "
+                             "with each other (the text decoder's constants; the towers keep the reference's)")
     parser.add_argument("--fine", action="store_true",
                         help="also the finer names: q, k, v after their norms and RoPE, the MLP's pre-activation gate "
                              "(mlp.gate_proj), the AltUp streams after magnitude matching (altup_streams)")
@@ -181,14 +186,14 @@ def run_trace(args) -> int:
         from .tokenizer import Tokenizer   # only this branch needs a tokenizer
         ids = Tokenizer.from_dir(args.model).encode(args.prompt, add_bos=True)
     ckpt = Checkpoint(args.model, np.dtype(args.dtype))
-    model = load_text_model(ckpt)
+    model = load_text_model(ckpt, constants=args.constants)
     mm = None
     if ckpt.config.is_multimodal:          # ids are embedded as Gemma3nModel does (hard path for media ids)
-        from .multimodal import load_multimodal_model
-        mm = load_multimodal_model(ckpt)
+        from .multimodal import MultimodalModel, load_multimodal_model
+        mm = MultimodalModel(model, load_multimodal_model(ckpt).ckpt)
     trace, fed = trace_decode(model, ids, args.decode_steps, mm, fine=args.fine)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
-                decode_steps=args.decode_steps, decoded_ids=fed)
+                decode_steps=args.decode_steps, decoded_ids=fed, constants=args.constants)
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {args.decode_steps} decode step(s), {args.dtype}) "
           f"to {args.out}")
     return 0
@@ -244,13 +249,17 @@ def run_trace_multimodal(args) -> int:
     ckpt = Checkpoint(args.model, np.dtype(args.dtype))
     if inputs.pixel_values is None and inputs.input_features is None and not ckpt.config.is_multimodal:
         from .decoder import load_text_model   # --chat without media on a text-only checkpoint
-        trace, fed = trace_decode(load_text_model(ckpt), ids, args.decode_steps, fine=args.fine)
+        trace, fed = trace_decode(load_text_model(ckpt, constants=args.constants), ids, args.decode_steps,
+                                  fine=args.fine)
     else:
+        from .decoder import load_text_model
+        from .multimodal import MultimodalModel
         mm = load_multimodal_model(ckpt)
+        mm = MultimodalModel(load_text_model(ckpt, constants=args.constants), mm.ckpt)
         trace, fed = trace_decode(mm.text, None, args.decode_steps, mm, _multimodal_prefill(mm, inputs), args.fine)
     write_trace(args.out, trace, ids=ids, dtype=args.dtype, model=str(args.model), source="minig3n",
                 images=[str(i) for i in args.image], audio=[str(a) for a in args.audio],
-                decode_steps=args.decode_steps, decoded_ids=fed)
+                decode_steps=args.decode_steps, decoded_ids=fed, constants=args.constants)
     print(f"wrote {len(trace)} tensors ({len(ids)} tokens, {len(args.image)} image(s), {len(args.audio)} audio "
           f"clip(s), {args.decode_steps} decode step(s), {args.dtype}) to {args.out}")
     return 0

@@ -41,6 +41,14 @@ def ours(ckpt):
     return out
 
 
+@pytest.fixture(scope="module")
+def ours_exact(ckpt):
+    out = ckpt.parent / "ours_exact.safetensors"
+    assert main(["trace", "--model", str(ckpt), "--ids", ",".join(map(str, IDS)), "--out", str(out),
+                 "--dtype", "float64", "--constants", "exact"]) == 0
+    return out
+
+
 def test_clean_port_matches_and_its_trace_round_trips(ckpt, ours, tmp_path):
     """The port without bugs agrees with minig3n on all 97 names; write_trace / load_trace keep names, order,
     values and metadata."""
@@ -56,11 +64,15 @@ def test_clean_port_matches_and_its_trace_round_trips(ckpt, ours, tmp_path):
 
 
 @pytest.mark.parametrize("bugs", [("sparsity_ddof1",), ("gelu_fp16",), ("sparsity_ddof1", "gelu_fp16")])
-def test_classic_bugs_are_localized(ckpt, ours, bugs):
+def test_classic_bugs_are_localized(ckpt, ours, ours_exact, bugs):
     """Both bugs live in the MLP: the first tensor over the tolerance is layer 0's MLP output (everything
-    before it agrees), and the culprit is an MLP too (the module that adds the most error)."""
-    rows = compare(ours, port_trace(ckpt, IDS, bugs), rtol=CONSTANTS_RTOL)
-    assert first_exceeding(rows) == "model.layers.0.mlp"
+    before it agrees), and the culprit is an MLP too (the module that adds the most error). Against minig3n's
+    exact-constants float64 trace the float64 preset (1e-10) applies; against the reference-matching one, the
+    constants' 2.2e-7 needs CONSTANTS_RTOL."""
+    port = port_trace(ckpt, IDS, bugs)
+    for theirs, kw in ((ours_exact, {"preset": "float64"}), (ours, {"rtol": CONSTANTS_RTOL})):
+        rows = compare(theirs, port, **kw)
+        assert first_exceeding(rows) == "model.layers.0.mlp"
     by = {r["name"]: r for r in rows}
     assert by["model.layers.0.pre_feedforward_layernorm"]["rel"] <= CONSTANTS_RTOL
     assert culprit(rows).endswith(".mlp")
@@ -209,3 +221,22 @@ def test_ids_file_errors(tmp_path, capsys, ckpt, text, words):
     assert main(["trace", "--model", str(ckpt), "--ids-file", str(tmp_path / "ids.txt"), "--out",
                  str(tmp_path / "t.safetensors")]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_exact_constants_match_an_exact_float64_port(ckpt, ours, tmp_path):
+    """``--constants exact``: sqrt(D), D^-0.5, sqrt(P), 1/sqrt(2), 1/D, the RoPE frequencies and the z-score computed
+    in float64, as the worked-example port does: the two float64 traces agree to the float64 preset (1e-10) at every
+    name, where the reference-matching constants part at embed_tokens by 1.7e-8 (the float32 value of sqrt(32)).
+    Asking for exact constants in float32 is an error."""
+    path = tmp_path / "exact.safetensors"
+    assert main(["trace", "--model", str(ckpt), "--ids", ",".join(map(str, IDS)), "--out", str(path),
+                 "--dtype", "float64", "--constants", "exact"]) == 0
+    port = port_trace(ckpt, IDS)
+    rows = compare(path, port, preset="float64")
+    assert first_exceeding(rows) is None and len(rows) == 97
+    print("exact constants vs the port: worst rel", max(r["rel"] for r in rows))
+    ref_rows = {r["name"]: r for r in compare(ours, port, preset="float64")}
+    assert 1e-8 < ref_rows["model.embed_tokens"]["rel"] < 3e-8
+    assert load_trace(path)[1]["constants"] == "exact"
+    assert main(["trace", "--model", str(ckpt), "--ids", "2,3", "--out", str(tmp_path / "x.safetensors"),
+                 "--constants", "exact"]) == 2
