@@ -22,6 +22,17 @@ row per image / clip) and the embedders' soft outputs (``model.embed_vision``, `
         --dtype float64
     python -m tests.reference.trace_reference --model DIR --chat "Compare." --image a.png --image b.png \
         --audio a.wav --out ref.safetensors --dtype float64
+
+Such a trace starts with the processor's outputs (``input_ids``, ``pixel_values``, ``input_features``,
+``input_features_mask``) and holds the merged ``X.inputs_embeds``. More (docs/PORTING.md):
+
+* ``--decode-steps N``: after the prefill, N greedy steps through the KV cache, each under ``step{n}.`` + the
+  same names (``trace_decode``); the metadata's ``decoded_ids`` lists the ids fed;
+* ``--ids`` / ``--ids-file`` on a multimodal checkpoint: image / audio ids go through the embedders' hard path,
+  as in the reference's ``Gemma3nModel`` (``X.inputs_embeds`` traced);
+* ``--fine``: also q, k, v after their norms and RoPE, ``mlp.gate_proj``, ``altup_streams`` (``decoder.FineTrace``);
+* ``--constants exact`` (with ``--dtype float64``): the text decoder's constants computed in float64 instead of
+  the reference's float32 values, for comparing float64 ports with each other.
 """
 from __future__ import annotations
 
