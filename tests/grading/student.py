@@ -1,0 +1,189 @@
+"""A student's folder as a package of its own, and the guard that refuses code that is not theirs.
+
+Loading: the folder is put first on ``sys.path`` *and* made the package ``minig3n_student`` (its
+``__path__`` is the folder), so inside it both ``from laurel import laurel`` and ``from .laurel import laurel``
+work. The grader takes every graded function from ``minig3n_student.<module>``. Student module names that
+clash with the repository's own top-level names (``minig3n``, ``tests``) are refused.
+
+The guard (``Guard``), active while the student's module is imported and while a graded function runs:
+
+* **golden files**: an audit hook (``sys.addaudithook``, event ``open``) flags any file opened under
+  ``tests/goldens/``;
+* **minig3n's implementation**: a profile hook (``sys.setprofile``) flags any call into code defined in the
+  minig3n module the assignment replaces (``minig3n/laurel.py`` for LAuReL), whoever holds the reference
+  (a re-export, a wrapper, a subclass, an alias taken at import time). Names the assignment allows from that
+  module (a dataclass, a config helper: ``ALLOWED`` in ``tests/grading/points.py``) are not flagged; every
+  other minig3n module (``ops.linear``, ``ops.rms_norm``, ``config`` ...) is allowed;
+* **origin**: a graded object whose ``__module__`` or code file is minig3n's is refused before it runs.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import types
+from pathlib import Path
+
+PKG = "minig3n_student"
+REPO = Path(__file__).resolve().parents[2]
+GOLDENS = (REPO / "tests" / "goldens").resolve()
+MINIG3N = (REPO / "minig3n").resolve()
+RESERVED = {"minig3n", "tests", "walkthrough", PKG}
+
+
+class StudentImportError(ImportError):
+    pass
+
+
+def load_package(folder) -> types.ModuleType:
+    """Make ``folder`` importable as ``minig3n_student`` (and its files as top-level modules). Idempotent per
+    folder; a different folder first forgets the previous one's modules."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise StudentImportError(f"{folder}: not a directory (expected the folder holding your modules, "
+                                 "e.g. laurel.py)")
+    clash = sorted(p.stem for p in folder.glob("*.py") if p.stem in RESERVED)
+    if clash:
+        raise StudentImportError(f"{folder}: rename {', '.join(c + '.py' for c in clash)}: the name is the "
+                                 "repository's own package")
+    pkg = sys.modules.get(PKG)
+    if pkg is not None and getattr(pkg, "__path__", None) == [str(folder)]:
+        return pkg
+    forget()
+    pkg = types.ModuleType(PKG)
+    pkg.__path__ = [str(folder)]
+    pkg.__file__ = None
+    pkg.__package__ = PKG
+    sys.modules[PKG] = pkg
+    sys.path.insert(0, str(folder))
+    pkg.__minig3n_student_folder__ = folder
+    return pkg
+
+
+def forget() -> None:
+    """Drop a previously loaded student folder from sys.modules and sys.path."""
+    pkg = sys.modules.get(PKG)
+    if pkg is None:
+        return
+    folder = str(getattr(pkg, "__minig3n_student_folder__", ""))
+    for name, m in list(sys.modules.items()):
+        f = getattr(m, "__file__", None) or ""
+        if name == PKG or name.startswith(PKG + ".") or (folder and f.startswith(folder + "/")):
+            del sys.modules[name]
+    while folder in sys.path:
+        sys.path.remove(folder)
+    importlib.invalidate_caches()
+
+
+def import_module(folder, name: str, guard: "Guard | None" = None):
+    """``minig3n_student.<name>`` or None when the folder has no ``<name>.py``; an import error is raised as
+    StudentImportError naming the file."""
+    load_package(folder)
+    path = Path(folder).expanduser().resolve() / f"{name}.py"
+    if not path.is_file():
+        return None
+    full = f"{PKG}.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    try:
+        if guard is not None:
+            with guard.watch(name, importing=True):
+                return importlib.import_module(full)
+        return importlib.import_module(full)
+    except Exception as e:   # the student's file: any exception is theirs
+        sys.modules.pop(full, None)
+        if isinstance(e, NotYourCode):
+            raise
+        raise StudentImportError(f"{path}: importing your module failed ({type(e).__name__}: {e})") from e
+
+
+# The guard ----------------------------------------------------------------------------------------------
+class NotYourCode(Exception):
+    """The graded code used minig3n's implementation of the assignment or read a golden file."""
+
+
+def origin_problem(obj, module: str) -> str | None:
+    """Why ``obj`` (a graded function or class) is not the student's, or None."""
+    mod = getattr(obj, "__module__", "") or ""
+    if mod == "minig3n" or mod.startswith("minig3n."):
+        return f"it is minig3n's own object ({mod}.{getattr(obj, '__qualname__', '?')}), re-exported"
+    code = getattr(obj, "__code__", None)
+    if code is not None and Path(code.co_filename).resolve().is_relative_to(MINIG3N):
+        return f"its code comes from {code.co_filename}"
+    if inspect.isclass(obj):
+        for base in obj.__mro__[1:]:
+            bmod = getattr(base, "__module__", "") or ""
+            if bmod == f"minig3n.{module}":
+                return f"it subclasses minig3n's {bmod}.{base.__qualname__}"
+    return None
+
+
+class Guard:
+    """Flags golden-file reads and calls into minig3n's implementation of the module being graded."""
+
+    _installed = False
+    _active: "Guard | None" = None
+
+    def __init__(self, allowed: dict[str, set[str]] | None = None):
+        self.allowed = allowed or {}
+        self.events: list[str] = []
+        self._file = None
+        self._ok: set[str] = set()
+        if not Guard._installed:
+            sys.addaudithook(Guard._audit)
+            Guard._installed = True
+
+    @staticmethod
+    def _audit(event, args):
+        g = Guard._active
+        if g is None or event != "open" or not args:
+            return
+        path = args[0]
+        if isinstance(path, int):
+            return
+        try:
+            p = Path(path.decode() if isinstance(path, bytes) else str(path)).resolve()
+        except Exception:
+            return
+        if p.is_relative_to(GOLDENS):
+            g.events.append(f"opened the golden file {p.relative_to(REPO)}")
+
+    def _profile(self, frame, event, arg):
+        if event != "call":
+            return
+        code = frame.f_code
+        if code.co_filename != self._file:
+            return
+        top = code.co_qualname.split(".")[0]
+        if top in self._ok or top.startswith("<"):
+            return
+        msg = f"called minig3n's {code.co_qualname} (minig3n/{Path(self._file).name})"
+        if msg not in self.events:
+            self.events.append(msg)
+
+    class _Watch:
+        def __init__(self, guard, module, importing):
+            self.g, self.module, self.importing = guard, module, importing
+
+        def __enter__(self):
+            g = self.g
+            g.events = []
+            spec = importlib.util.find_spec(f"minig3n.{self.module}")
+            g._file = str(Path(spec.origin)) if spec is not None and spec.origin else None
+            g._ok = set(g.allowed.get(self.module, ()))
+            Guard._active = g
+            if not self.importing and g._file is not None:
+                sys.setprofile(g._profile)
+            return g
+
+        def __exit__(self, *exc):
+            sys.setprofile(None)
+            Guard._active = None
+            return False
+
+    def watch(self, module: str, importing: bool = False):
+        """Context manager: watch one graded call (or the import of the student's module)."""
+        return Guard._Watch(self, module, importing)
+
+
+import importlib.util  # noqa: E402  (find_spec above)
