@@ -116,6 +116,7 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
     """Grade ``row`` in one dtype (None: a dtype-free check). -> result dict (status, fraction, outputs, ...)."""
     res = {"concept": row.concept, "module": row.module, "function": row.function, "check": row.check,
            "dtype": dtype_name or "any", "points": row.points, "outputs": [], "status": "pass", "fraction": 0.0}
+    guard.events = []
     try:
         mod = import_module(folder, row.module, guard)
     except NotYourCode as e:
