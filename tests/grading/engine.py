@@ -34,6 +34,10 @@ from tests.grading.student import Guard, NotYourCode, StudentImportError, import
 
 CHECK_TIMEOUT = float(os.environ.get("MINIG3N_GRADE_CHECK_TIMEOUT", "120"))
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# A random float32 case compares two float32 implementations (the student's and minig3n's), each within the
+# golden tolerance of the reference: they may differ by up to twice that (seen: 2.0e-5 on the whole vision
+# encoder with loop-based convolutions). Golden cases keep the plain tolerance; float64 keeps 1e-10.
+RANDOM32_FACTOR = 2.0
 
 
 class CheckTimeout(Exception):
@@ -172,7 +176,8 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
                 res["outputs"].append({"case": case.label, "output": name, "ok": False,
                                        "problem": f"no output {name!r} (got {sorted(got)})"})
                 continue
-            c = compare(got[name], want, case.tol, case.exact, case.notes.get("absolute", False))
+            tol = case.tol * (RANDOM32_FACTOR if dtype_name == "float32" and case.label.startswith("random") else 1)
+            c = compare(got[name], want, tol, case.exact, case.notes.get("absolute", False))
             c.update(case=case.label, output=name)
             if not c["ok"]:
                 c["hint"] = hints_mod.match(row.function, name, dtype_name, case.label, c.get("err"))
@@ -227,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated concepts to grade (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     a = ap.parse_args(argv)
+    os.environ.setdefault("MINIG3N_ACCEL", "numpy")   # minig3n's NumPy path (no numba compile per student)
     folder = Path(a.folder)
     if not folder.is_dir():
         print(f"grade: {folder}: not a directory (expected a folder of your modules)", file=sys.stderr)

@@ -1,54 +1,72 @@
 """Known mistakes: an error signature -> a hint in the feedback.
 
-Each entry: the graded function and output, the dtype (None = either), and the band ``[lo, hi]`` of the
-relative error a golden case shows when the mistake is made. The bands are not guesses: each mistake is
-implemented in ``tests/grading/fixtures/mistakes/<key>/`` and ``tests/test_grader_hints.py`` grades it, asserts
-the measured error lies inside the band (the measured value is in the comment) and that the feedback shows
-the hint. Only golden cases are matched (fixed inputs, so the signature is stable); the random cases of the
-same check fail with a different error and point at the same hint through the golden one.
+A hint's signature is the relative error each golden case of a graded function shows when the mistake is
+made (golden inputs are fixed, so the error is a fingerprint). The numbers are not guesses: each mistake
+is implemented as a patch of the correct fixture (``tests/grading/fixtures/mistakes.py``), and
+``tests/test_grader.py`` grades it, re-measures every signature (it must agree within ``FACTOR``) and checks
+that the feedback shows the hint. A failing golden case matches a hint when its function, case, output
+and dtype are in the signature and its error is within a factor ``FACTOR`` of the recorded one. Random
+cases are never matched (their inputs change per run); the golden case of the same check carries the hint.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+FACTOR = 1.1
+ANY = None    # dtype: either
 
 
 @dataclass(frozen=True)
 class Hint:
-    key: str                # fixtures/mistakes/<key>/ holds the mistaken implementation
-    function: str
-    output: str
-    dtype: str | None       # "float32", "float64", or None (either)
-    lo: float
-    hi: float
+    key: str                 # fixtures/mistakes.py: the patch making this mistake
     text: str
+    signature: tuple         # ((function, case label, output, dtype or ANY, relative error), ...)
 
 
 HINTS = [
-    Hint("laurel_one_plus_w", "laurel", "out", None, 0.4, 0.7,          # measured 0.53 (both dtypes)
-         "LAuReL's post_laurel_norm multiplies by w, not 1 + w (Gemma3nRMSNorm with_scale: x * w; chapter 04)."),
-    Hint("laurel_eps_outside_sqrt", "laurel", "out", "float64", 3e-7, 1e-5,   # measured 1.6e-6 in float64
+    Hint("laurel_one_plus_w",
+         "LAuReL's post_laurel_norm multiplies by w, not 1 + w (Gemma3nRMSNorm with_scale: x * w; chapter 04).",
+         (("laurel", "golden:text_laurel", "out", ANY, 0.5289),)),
+    Hint("laurel_eps_outside_sqrt",
          "The eps belongs inside the square root: x / sqrt(mean(x^2) + eps), not x / (sqrt(mean(x^2)) + eps) "
-         "(float32 hides it; chapter 04)."),
-    Hint("topk_std_ddof1", "gaussian_topk", "out", None, 1e-3, 0.2,       # measured 0.016
-         "gaussian_topk uses the population std (divide by n, torch.std(unbiased=False)), not n - 1 (chapter 06)."),
-    Hint("rotate_half_interleaved", "apply_rope", "out", None, 0.3, 3.0,  # measured 1.4
-         "rotate_half splits the last axis into two contiguous halves [x1, x2] -> [-x2, x1], not interleaved "
-         "pairs (chapter 05)."),
-    Hint("hann_symmetric", "hann_window", "out", None, 0.0, 2.0,
-         "The window is the periodic Hann 0.5 (1 - cos(2 pi n / 512)), not the symmetric one (np.hanning(512) "
-         "divides by 511; chapter 09)."),
-    Hint("attention_scaled", "self_attention", "out", None, 0.05, 2.0,     # measured 0.39
+         "(float32 hides it, float64 shows 1.6e-6; chapter 04).",
+         (("laurel", "golden:text_laurel", "out", "float64", 1.616e-6),)),
+    Hint("topk_std_ddof1",
+         "gaussian_topk uses the population std (divide by n, as torch.std(unbiased=False)), not n - 1 "
+         "(chapter 06).",
+         (("gaussian_topk", "golden:grade_mlp", "out", ANY, 0.011894),
+          ("mlp", "golden:text_mlp_sparse", "out", ANY, 0.030495))),
+    Hint("rotate_half_interleaved",
+         "rotate_half splits the last axis into two contiguous halves, [x1, x2] -> [-x2, x1], not "
+         "interleaved (even, odd) pairs (chapter 05).",
+         (("rotate_half", "golden:grade_attention", "out", ANY, 1.32476),
+          ("apply_rope", "golden:grade_attention full", "out", ANY, 1.00505),
+          ("apply_rope", "golden:grade_attention sliding", "out", ANY, 1.21444),
+          ("self_attention", "golden:text_attention_sliding", "out", ANY, 1.26770),
+          ("self_attention", "golden:text_attention_full", "out", ANY, 0.70676))),
+    Hint("hann_symmetric",
+         "The window is the periodic Hann 0.5 (1 - cos(2 pi n / 512)), not the symmetric one "
+         "(np.hanning(512) divides by 511; chapter 09).",
+         (("hann_window", "golden:grade_features", "out", ANY, 0.0047063),
+          ("log_mel", "golden:grade_features wave1000", "out", ANY, 0.0032300),
+          ("log_mel", "golden:grade_features wave2345", "out", ANY, 0.0018648),
+          ("extract_features", "golden:audio_features batch", "features", ANY, 0.025618))),
+    Hint("attention_scaled",
          "Gemma 3n attention uses scaling 1.0 (q and k are RMS-normed): do not divide the scores by "
-         "sqrt(head_dim) (chapter 05)."),
+         "sqrt(head_dim) (chapter 05).",
+         (("self_attention", "golden:text_attention_sliding", "out", ANY, 0.64038),
+          ("self_attention", "golden:text_attention_full", "out", ANY, 0.61411))),
 ]
 
 
 def match(function: str, output: str, dtype: str | None, case_label: str, err) -> str | None:
-    """The hint whose signature the error of a failing golden case matches, or None."""
-    if err is None or not case_label.startswith("golden"):
+    """The hint whose signature a failing golden case matches, or None."""
+    if err is None or not err > 0 or not math.isfinite(err) or not case_label.startswith("golden"):
         return None
     for h in HINTS:
-        if h.function == function and h.output in (output, "*") and (h.dtype is None or h.dtype == dtype) \
-                and h.lo <= err <= h.hi:
-            return h.text
+        for fn, case, out, dt, want in h.signature:
+            if fn == function and case == case_label and out == output and (dt is ANY or dt == dtype) \
+                    and abs(math.log(err / want)) <= math.log(FACTOR):
+                return h.text
     return None

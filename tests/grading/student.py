@@ -145,8 +145,9 @@ class Guard:
             p = Path(path.decode() if isinstance(path, bytes) else str(path)).resolve()
         except Exception:
             return
-        if p.is_relative_to(GOLDENS):
-            g.events.append(f"opened the golden file {p.relative_to(REPO)}")
+        msg = f"opened the golden file {p.relative_to(REPO)}" if p.is_relative_to(GOLDENS) else None
+        if msg and msg not in g.events:
+            g.events.append(msg)
 
     def _profile(self, frame, event, arg):
         if event != "call":
