@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per student (default 600)")
     ap.add_argument("--seed", type=int, default=None, help="seed of the random cases (default: fresh entropy)")
     ap.add_argument("--only", default="", help="comma-separated concepts to grade (default: all)")
+    ap.add_argument("--jobs", type=int, default=1, help="students graded at the same time (default 1)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
     if a.student:
@@ -129,14 +130,19 @@ def main(argv=None) -> int:
     concepts = points_mod.concepts(rows)
     print(f"[grade] {len(students)} students in {class_dir}, {len(rows)} checks in {len(concepts)} concepts, "
           f"seed {seed}, timeout {a.timeout:g} s each", flush=True)
-    reports = []
-    for i, s in enumerate(students, 1):
+    def one(s):
         out = Path(a.feedback_dir).resolve() / s.name if a.feedback_dir else s
         t0 = time.time()
         rep = grade_one(s, out, seed, a.timeout, a.only)
-        reports.append(rep)
-        print(f"[grade] {i}/{len(students)} {s.name}: {rep['scores']['total']:g} / {rep['scores']['max_total']:g}"
-              f" ({rep['status']}, {time.time() - t0:.1f} s) -> {out / 'FEEDBACK.md'}", flush=True)
+        return rep, out, time.time() - t0
+
+    from concurrent.futures import ThreadPoolExecutor   # each student is a subprocess: threads only wait
+    reports = []
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        for i, (rep, out, dt) in enumerate(pool.map(one, students), 1):
+            reports.append(rep)
+            print(f"[grade] {i}/{len(students)} {rep['student']}: {rep['scores']['total']:g} / "
+                  f"{rep['scores']['max_total']:g} ({rep['status']}, {dt:.1f} s) -> {out / 'FEEDBACK.md'}", flush=True)
     out_csv = Path(a.out).expanduser()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out_csv, reports, concepts)
