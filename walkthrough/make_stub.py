@@ -6,14 +6,15 @@
 
 Then implement the bodies and grade them (walkthrough/ASSIGNMENTS.md):
 
-    MINIG3N_STUDENT=~/my_g3n pytest -m text -k laurel
+    python -m tests.grade --student ~/my_g3n --only laurel        # points and feedback
+    MINIG3N_STUDENT=~/my_g3n pytest -m text -k laurel              # minig3n's own tests on your code
 
 Module-level functions are stubbed, and so are the classes the grader grades (``KVCache``, ``StreamDecoder``,
 ``Generator``: the ``function`` column of tests/grading/points.csv): their fields, and every method raising
 ``NotImplementedError``. Other classes and constants (``SamplingParams``, ``BlockSpec``, ``N_MELS``) are
 imported from minig3n. Functions you do not stub stay minig3n's (the MINIG3N_STUDENT seam) or are
 "missing" (the grader, ``python -m tests.grade``). minig3n's relative imports are written out as absolute ones
-(``from minig3n.ops import linear, rms_norm``): a student file is imported by path, not as part of minig3n.
+(``from minig3n.ops import linear, rms_norm``): your folder is a package of its own, not part of minig3n.
 An existing file is never overwritten.
 """
 from __future__ import annotations
