@@ -91,6 +91,15 @@ def test_cheat_details_name_the_cause(graded):
     assert "KVCache.empty" in _results(r["wrapper"], "KVCache")[0]["detail"]
 
 
+def test_tampering_with_the_guard_is_caught(graded):
+    rep = graded["reports"]["tamper"]
+    laurel, mlp = _results(rep, "laurel"), _results(rep, "mlp")
+    assert [x["status"] for x in laurel + mlp] == ["not your code"] * 4
+    assert "replaced the grader's call hook (sys.settrace)" in laurel[0]["detail"]
+    assert "called minig3n's mlp (minig3n/mlp.py)" in mlp[0]["detail"]
+    assert rep["scores"]["total"] == 0
+
+
 def test_pasted_golden_output_fails_the_random_cases(graded):
     rep = graded["reports"]["golden_copy"]
     res = _results(rep, "laurel")
@@ -143,7 +152,7 @@ def test_gradebook_csv_and_feedback_files(graded):
     assert "`laurel.laurel` [laurel, float64]: **fail**, 0 / 10" in fb
     assert "golden:text_laurel, output `out`: max relative error 0.529 > tolerance 1e-05 at index (" in fb
     assert f"seed of the random cases: {SEED}" in fb
-    assert "[grade] wrote" in graded["stdout"] and "12/12" in graded["stdout"]
+    assert "[grade] wrote" in graded["stdout"] and "13/13" in graded["stdout"]
 
 
 def test_a_hanging_student_is_cut_off_and_reported(tmp_path):
@@ -151,8 +160,8 @@ def test_a_hanging_student_is_cut_off_and_reported(tmp_path):
     d = tmp_path / "sleepy"
     d.mkdir()
     (d / "laurel.py").write_text("while True:\n    pass\n")
-    rep = grade_one(d, d, seed=1, timeout=5, only="laurel")
-    assert rep["status"].startswith("timed out after 5 s")
+    rep = grade_one(d, d, seed=1, timeout=3, only="laurel")
+    assert rep["status"].startswith("timed out after 3 s")
     assert rep["scores"]["total"] == 0 and rep["scores"]["max_total"] == 20
     assert "Not graded: timed out" in (d / "FEEDBACK.md").read_text()
 

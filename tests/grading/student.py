@@ -8,8 +8,8 @@ clash with the repository's own top-level names (``minig3n``, ``tests``) are ref
 The guard (``Guard``), active while the student's module is imported and while a graded function runs:
 
 * **golden files**: an audit hook (``sys.addaudithook``, event ``open``) flags any file opened under
-  ``tests/goldens/``;
-* **minig3n's implementation**: a profile hook (``sys.setprofile``) flags any call into code defined in the
+  ``tests/goldens/``; the same hook flags starting another process and replacing the trace hook;
+* **minig3n's implementation**: a trace hook (``sys.settrace``, call events only) flags any call into code defined in the
   minig3n module the assignment replaces (``minig3n/laurel.py`` for LAuReL), whoever holds the reference
   (a re-export, a wrapper, a subclass, an alias taken at import time). Names the assignment allows from that
   module (a dataclass, a config helper: ``ALLOWED`` in ``tests/grading/points.py``) are not flagged; every
@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -136,31 +137,38 @@ class Guard:
     @staticmethod
     def _audit(event, args):
         g = Guard._active
-        if g is None or event != "open" or not args:
+        if g is None:
             return
-        path = args[0]
-        if isinstance(path, int):
-            return
-        try:
-            p = Path(path.decode() if isinstance(path, bytes) else str(path)).resolve()
-        except Exception:
-            return
-        msg = f"opened the golden file {p.relative_to(REPO)}" if p.is_relative_to(GOLDENS) else None
+        msg = None
+        if event == "open" and args and not isinstance(args[0], int):
+            path = args[0]
+            try:
+                p = Path(path.decode() if isinstance(path, bytes) else str(path)).resolve()
+            except Exception:
+                return
+            if p.is_relative_to(GOLDENS):
+                msg = f"opened the golden file {p.relative_to(REPO)}"
+        elif event in ("sys.settrace", "sys.setprofile"):
+            msg = f"replaced the grader's call hook ({event})"
+        elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn"):
+            msg = f"started another process ({event})"
         if msg and msg not in g.events:
             g.events.append(msg)
 
-    def _profile(self, frame, event, arg):
+    def _trace(self, frame, event, arg):
+        """Global trace function: called once per new Python frame; returns None (no line tracing)."""
         if event != "call":
-            return
+            return None
         code = frame.f_code
         if code.co_filename != self._file:
-            return
+            return None
         top = code.co_qualname.split(".")[0]
         if top in self._ok or top.startswith("<"):
-            return
+            return None
         msg = f"called minig3n's {code.co_qualname} (minig3n/{Path(self._file).name})"
         if msg not in self.events:
             self.events.append(msg)
+        return None
 
     class _Watch:
         def __init__(self, guard, module, importing):
@@ -172,14 +180,16 @@ class Guard:
             spec = importlib.util.find_spec(f"minig3n.{self.module}")
             g._file = str(Path(spec.origin)) if spec is not None and spec.origin else None
             g._ok = set(g.allowed.get(self.module, ()))
-            Guard._active = g
             if not self.importing and g._file is not None:
-                sys.setprofile(g._profile)
+                sys.settrace(g._trace)
+                threading.settrace(g._trace)   # threads the graded code starts are watched too
+            Guard._active = g            # after our own settrace: the audit hook flags anyone else's
             return g
 
         def __exit__(self, *exc):
-            sys.setprofile(None)
             Guard._active = None
+            threading.settrace(None)
+            sys.settrace(None)
             return False
 
     def watch(self, module: str, importing: bool = False):
