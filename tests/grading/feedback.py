@@ -20,14 +20,30 @@ def feedback_markdown(report: dict) -> str:
              "| concept | float32 | float64 | max per dtype |", "|---|---|---|---|"]
     for c, v in sc["concepts"].items():
         lines.append(f"| {c} | {v['float32']:g} | {v['float64']:g} | {v['max']:g} |")
+    lines.append(f"| **total** | {sum(v['float32'] for v in sc['concepts'].values()):g} | "
+                 f"{sum(v['float64'] for v in sc['concepts'].values()):g} | "
+                 f"{sum(v['max'] for v in sc['concepts'].values()):g} |")
     lines += ["", "Status per function: `pass`, `fail` (partial credit per output), `missing` (not in your file), "
               "`not implemented` (raises NotImplementedError), `not your code` (minig3n's own code or the golden "
               "files were used), `error`.", ""]
     concept = None
+    absent = {}                     # module -> [results] for modules the folder does not have at all
+    for res in report["results"]:
+        if res["status"] == "missing" and str(res.get("detail", "")).startswith("no "):
+            absent.setdefault(res["module"], []).append(res)
+    shown = set()
     for res in report["results"]:
         if res["concept"] != concept:
             concept = res["concept"]
             lines += ["", f"## {concept}", ""]
+        if res["module"] in absent:
+            if res["module"] not in shown:
+                shown.add(res["module"])
+                rs = absent[res["module"]]
+                names = ", ".join(dict.fromkeys(r["function"] for r in rs if r["concept"] == concept))
+                pts = sum(r["points"] * (2 if r["dtype"] == "any" else 1) for r in rs)
+                lines.append(f"- `{res['module']}.py`: **missing** (no such file in your folder), 0 / {pts:g}: {names}")
+            continue
         head = f"- `{res['module']}.{res['function']}` [{res['check']}, {res['dtype']}]: **{res['status']}**"
         if res["status"] in ("pass", "fail"):
             head += f", {res['points'] * res['fraction']:g} / {res['points']:g}"
