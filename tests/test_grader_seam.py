@@ -176,3 +176,43 @@ def test_every_switched_adapter_calls_the_student(tmp_path, monkeypatch, adapter
     (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.setenv(_impl.ENV, str(tmp_path))
     assert call(A) == want
+
+
+# Every graded function, directly, through the seam ----------------------------------------------------------
+MARK = {"laurel": "text", "mlp": "text", "ple": "text", "altup": "text", "attention": "text", "decoder": "text",
+        "kv_cache": "generation", "sampling": "generation", "generation": "generation", "features": "audio",
+        "usm": "audio", "mobilenetv5": "vision"}
+
+
+def _rows():
+    from tests.grading import points
+    return [pytest.param(r, marks=getattr(pytest.mark, MARK[r.concept]), id=f"{r.concept}-{r.check}")
+            for r in points.load()]
+
+
+@pytest.mark.parametrize("row", _rows())
+def test_graded_function_cases(row, monkeypatch):
+    """The grader's golden and random cases of one graded function (tests/grading/cases.py), called through
+    ``impl(module)``: minig3n's function (proven equal to the reference, so these cases are consistent), or
+    with ``MINIG3N_STUDENT`` set, the student's, so ``MINIG3N_STUDENT=~/my_g3n pytest -m text`` grades every
+    text function directly and a stub fails. (No cheat detection here: that is ``python -m tests.grade``.)"""
+    import numpy as np
+
+    from tests.grading import cases, points
+    from tests.grading.engine import DTYPES, compare
+
+    monkeypatch.setenv("MINIG3N_ACCEL", "numpy")
+    target = getattr(_impl.impl(row.module), row.function)
+    bad, n = [], 0
+    for dt in ([None] if row.check in points.DTYPE_FREE else list(DTYPES.values())):
+        for case in cases.BUILDERS[row.check](dt, np.random.default_rng()):
+            got = case.run(target)
+            got = got if isinstance(got, dict) else {"out": got}
+            for name, want in case.want.items():
+                n += 1
+                tol = case.tol * (2 if dt == np.float32 and case.label.startswith("random") else 1)
+                c = compare(got[name], want, tol, case.exact, case.notes.get("absolute", False))
+                if not c["ok"]:
+                    bad.append(f"{row.module}.{row.function} {dt.__name__ if dt else 'any'} {case.label} `{name}`: "
+                               f"err {c['err']} > {tol:g} at {c['where']} (got {c['got']}, want {c['want']})")
+    assert n and not bad, "\n".join(bad)
