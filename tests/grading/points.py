@@ -29,6 +29,7 @@ DTYPE_FREE = {"std_multiplier", "ple_ids", "rope_inv_freq", "attention_mask", "l
 
 ALLOWED = {
     "decoder": {"TextModel", "_RootParams", "load_text_model", "check_input_ids"},
+    "kv_cache": {"ForwardKV"},         # minig3n's forward's own bookkeeping around the cache it is handed
     "sampling": {"SamplingParams"},
     "generate": {"Prompt", "_Notice", "check_max_new_tokens", "default_model_dir", "build_prompt"},
     "features": {"check_waveform", "_as_waveforms", "_round_up"},

@@ -18,6 +18,7 @@ The guard (``Guard``), active while the student's module is imported and while a
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -125,10 +126,11 @@ class Guard:
     _installed = False
     _active: "Guard | None" = None
 
-    def __init__(self, allowed: dict[str, set[str]] | None = None):
+    def __init__(self, allowed: dict[str, set[str]] | None = None, graded: dict[str, set[str]] | None = None):
         self.allowed = allowed or {}
+        self.graded = graded or {}
         self.events: list[str] = []
-        self._file = None
+        self._files: set[str] = set()
         self._ok: set[str] = set()
         if not Guard._installed:
             sys.addaudithook(Guard._audit)
@@ -160,12 +162,12 @@ class Guard:
         if event != "call":
             return None
         code = frame.f_code
-        if code.co_filename != self._file:
+        if code.co_filename not in self._files:
             return None
         top = code.co_qualname.split(".")[0]
         if top in self._ok or top.startswith("<"):
             return None
-        msg = f"called minig3n's {code.co_qualname} (minig3n/{Path(self._file).name})"
+        msg = f"called minig3n's {code.co_qualname} (minig3n/{Path(code.co_filename).name})"
         if msg not in self.events:
             self.events.append(msg)
         return None
@@ -177,10 +179,9 @@ class Guard:
         def __enter__(self):
             g = self.g
             g.events = []
-            spec = importlib.util.find_spec(f"minig3n.{self.module}")
-            g._file = str(Path(spec.origin)) if spec is not None and spec.origin else None
+            g._files = watched_files(self.module, tuple(sorted(g.graded.get(self.module, ()))))
             g._ok = set(g.allowed.get(self.module, ()))
-            if not self.importing and g._file is not None:
+            if not self.importing and g._files:
                 sys.settrace(g._trace)
                 threading.settrace(g._trace)   # threads the graded code starts are watched too
             Guard._active = g            # after our own settrace: the audit hook flags anyone else's
@@ -197,4 +198,26 @@ class Guard:
         return Guard._Watch(self, module, importing)
 
 
-import importlib.util  # noqa: E402  (find_spec above)
+@functools.lru_cache(maxsize=None)
+def watched_files(module: str, graded: tuple = ()) -> frozenset:
+    """The code files of minig3n's implementation of ``module``: ``minig3n/<module>.py`` and the files where
+    its graded names are defined when the module re-exports them (``mobilenetv5.conv2d`` may live in
+    ``minig3n/conv2d.py``). ``minig3n/ops.py`` is never watched: its helpers are allowed everywhere."""
+    try:
+        mod = importlib.import_module(f"minig3n.{module}")
+    except ImportError:
+        return frozenset()
+    files = {mod.__file__}
+    for name in graded:
+        obj = getattr(mod, name, None)
+        obj = inspect.unwrap(obj) if callable(obj) else obj
+        try:
+            f = inspect.getsourcefile(obj) if obj is not None else None
+        except TypeError:
+            f = None
+        if f and Path(f).resolve().is_relative_to(MINIG3N) and Path(f).name != "ops.py":
+            files.add(f)
+    code_files = set()
+    for f in files:   # co_filename is the path the module was imported from: match both spellings
+        code_files |= {f, str(Path(f).resolve())}
+    return frozenset(code_files)
