@@ -154,7 +154,7 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
                     "detail": f"{row.module}.{row.function} raised NotImplementedError"}
         except CheckTimeout as e:
             return {**res, "status": "error", "fraction": 0.0, "detail": f"{case.label}: {e}"}
-        except Exception as e:   # the student's code: any exception is a failure of this case
+        except (Exception, SystemExit) as e:   # the student's code: any exception is a failure of this case
             if guard.events:
                 return {**res, "status": "not your code", "fraction": 0.0, "outputs": [],
                         "detail": f"{row.module}.{row.function} ({case.label}): " + "; ".join(guard.events)}

@@ -92,7 +92,7 @@ def import_module(folder, name: str, guard: "Guard | None" = None):
             with guard.watch(name, importing=True):
                 return importlib.import_module(full)
         return importlib.import_module(full)
-    except Exception as e:   # the student's file: any exception is theirs
+    except (Exception, SystemExit) as e:   # the student's file: any exception (or sys.exit) is theirs
         sys.modules.pop(full, None)
         if isinstance(e, NotYourCode):
             raise
