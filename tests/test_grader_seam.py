@@ -151,7 +151,7 @@ def test_stubs_import_and_raise_not_implemented(tmp_path, monkeypatch):
     assert "def apply_rope(x, cos, sin):" in text and "from minig3n.ops import linear, rms_norm" in text
     cache = (tmp_path / "kv_cache.py").read_text()
     assert "class KVCache:" in cache and "    def empty(cls, cfg, batch_size: int" in cache
-    assert "from minig3n.kv_cache import" not in cache
+    assert not [ln for ln in cache.splitlines() if ln.startswith("from minig3n.kv_cache import") and "KVCache" in ln]
     with pytest.raises(NotImplementedError):
         A.run_empty_cache(A.text_config(g.meta["config"]), 1, np.float32)
 

@@ -44,9 +44,8 @@ def _np(t):
 
 
 def _versions():
-    import timm
-    import transformers
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "timm": timm.__version__}
+    from tests.reference.versions import stamp
+    return stamp("torch", "transformers", "timm")
 
 
 def _both(model32, fn):
