@@ -152,7 +152,8 @@ def test_gradebook_csv_and_feedback_files(graded):
     assert "`laurel.laurel` [laurel, float64]: **fail**, 0 / 10" in fb
     assert "golden:text_laurel, output `out`: max relative error 0.529 > tolerance 1e-05 at index (" in fb
     assert f"seed of the random cases: {SEED}" in fb
-    assert "[grade] wrote" in graded["stdout"] and "13/13" in graded["stdout"]
+    n = len(graded["reports"])
+    assert "[grade] wrote" in graded["stdout"] and f"{n}/{n}" in graded["stdout"]
 
 
 def test_a_hanging_student_is_cut_off_and_reported(tmp_path):

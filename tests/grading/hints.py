@@ -52,6 +52,20 @@ HINTS = [
           ("log_mel", "golden:grade_features wave1000", "out", ANY, 0.0032300),
           ("log_mel", "golden:grade_features wave2345", "out", ANY, 0.0018648),
           ("extract_features", "golden:audio_features batch", "features", ANY, 0.025618))),
+    Hint("ple_no_rsqrt2",
+         "The per-layer input is (projection + token part) / sqrt(2) (times the float32 0.70710677), not the "
+         "plain sum (chapter 02).",
+         (("project_per_layer_inputs", "golden:text_ple (token part -> per_layer_inputs)", "out", ANY, 0.41421),
+          ("per_layer_inputs", "golden:text_ple", "out", ANY, 0.41421))),
+    Hint("mlp_exact_gelu",
+         "Gemma 3n's MLP uses the tanh approximation of GELU (gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) "
+         "(x + 0.044715 x^3)))), not the exact erf GELU (chapter 06).",
+         (("mlp", "golden:text_mlp_sparse", "out", ANY, 1.4823e-4),
+          ("mlp", "golden:text_mlp_dense", "out", ANY, 2.1258e-4))),
+    Hint("decoder_no_sqrt2",
+         "The attention and LAuReL branches are averaged: (a + attn + laurel) / sqrt(2), not summed "
+         "(chapter 07).",
+         (("decoder_layer", "golden:text_decoder_layer", "out", ANY, 0.36236),)),
     Hint("attention_scaled",
          "Gemma 3n attention uses scaling 1.0 (q and k are RMS-normed): do not divide the scores by "
          "sqrt(head_dim) (chapter 05).",
