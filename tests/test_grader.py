@@ -196,3 +196,17 @@ def test_grade_cli_errors(tmp_path):
     assert main([str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 2       # no student folders
     assert main([]) == 2
 
+
+
+def test_a_function_that_never_returns_is_cut_off_per_check(tmp_path):
+    """One endless function costs its own check (a per-check alarm), not the student's other points."""
+    (tmp_path / "laurel.py").write_text("def laurel(x, p, eps=1e-6):\n    while True:\n        pass\n")
+    js = tmp_path / "g.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MINIG3N_GRADE_CHECK_TIMEOUT": "1"}
+    r = subprocess.run([sys.executable, "-m", "tests.grading.engine", str(tmp_path), "--only", "laurel", "--quiet",
+                        "--json", str(js), "--seed", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(js.read_text())["results"]
+    assert [x["status"] for x in res] == ["error", "error"]
+    assert all("took longer than 1 s" in x["detail"] for x in res)
