@@ -90,7 +90,7 @@ def write_csv(path: Path, reports: list[dict], concepts: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.grade", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tests.grade", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Points and concepts: tests/grading/points.csv. Staged path: "
                                         "walkthrough/ASSIGNMENTS.md.")
@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="students graded at the same time (default 1)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
+    known = points_mod.concepts(points_mod.load())
+    unknown = sorted({c for c in a.only.split(",") if c} - set(known))
+    if unknown:
+        print(f"grade: --only: unknown concept(s) {unknown}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
     if a.student:
         folder = Path(a.student).expanduser().resolve()
         if not folder.is_dir():

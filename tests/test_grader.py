@@ -195,6 +195,7 @@ def test_grade_cli_errors(tmp_path):
     assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "g.csv")]) == 2
     assert main([str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 2       # no student folders
     assert main([]) == 2
+    assert main([str(tmp_path), "--out", str(tmp_path / "g.csv"), "--only", "laurel,lora"]) == 2
 
 
 
