@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from tests.golden_io import GOLDENS, load_golden
+from tests.golden_io import GOLDENS, load_golden, tol32_whole_model
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10, None: 0.0}
 LOGIT_TOL32 = 1e-4   # a whole model's logits in float32 (tests/README.md: ~1e-4 logits)
@@ -816,22 +816,30 @@ def b_usm_subsample(dt, rng):
                  {"out": _m("usm").subsample_conv_projection(x, p2, cfg)}, TOL[dt])]
 
 
+def _chain_tol(dt, depth):
+    """A whole encoder: float32 errors accumulate over its chained modules (tests/golden_io.py:tol32_whole_model,
+    the same bound minig3n's own end-to-end tests use); float64 keeps 1e-10."""
+    return tol32_whole_model(depth) if dt == np.float32 else TOL[dt]
+
+
 def b_usm_encoder(dt, rng):
     cases = []
     for name in ("audio_encoder_tiny", "audio_encoder_tiny_ctx"):
         g = golden(name)
         cfg, o = audio_cfg(g), out_of(g, dt)
+        tol = _chain_tol(dt, 1 + cfg.conf_num_hidden_layers)
         args = (g.inputs["features"].astype(dt), g.inputs["mask_invalid"].astype(bool), cast(g.weights, dt), cfg)
         cases.append(Case(f"golden:{name}", lambda f, a=args: dict(zip(("out", "mask"), f(*a))),
-                          {"out": o["out"], "mask": o["out_mask"].astype(bool)}, TOL[dt]))
+                          {"out": o["out"], "mask": o["out_mask"].astype(bool)}, tol))
     g = golden("audio_encoder_tiny")
     cfg = audio_cfg(g)
+    tol = _chain_tol(dt, 1 + cfg.conf_num_hidden_layers)
     B, F = int(rng.integers(1, 3)), int(rng.integers(12, 60))
     m = np.zeros((B, F), bool)
     m[-1, F - int(rng.integers(0, F // 2)):] = True
     args = (rnd(rng, (B, F, cfg.input_feat_size), dt), m, perturb(g.weights, rng, dt, 0.1), cfg)
     cases.append(Case(f"random:B={B},F={F}", lambda f: dict(zip(("out", "mask"), f(*args))),
-                      dict(zip(("out", "mask"), _m("usm").audio_encoder(*args))), TOL[dt]))
+                      dict(zip(("out", "mask"), _m("usm").audio_encoder(*args))), tol))
     return cases
 
 
@@ -975,17 +983,19 @@ def b_vision_encoder(dt, rng):
     g = golden("vision_encoder")
     mv = _m("mobilenetv5")
     cases = []
+    depth = 2 + sum(len(st) for st in mv.encoder_spec(vision_cfg(g, "sq")).stages)   # stem, blocks, MSFA
+    tol = _chain_tol(dt, depth)
     for case in ("sq", "odd"):
         cfg = vision_cfg(g, case)
         px = g.inputs[f"{case}.pixel_values"].astype(dt)
         cases.append(Case(f"golden:vision_encoder {case}", lambda f, px=px, cfg=cfg: f(px, vision_weights(g, dt), cfg),
-                          {"out": out_of(g, dt)[f"{case}.msfa"]}, TOL[dt]))
+                          {"out": out_of(g, dt)[f"{case}.msfa"]}, tol))
     cfg = vision_cfg(g, "odd")
     H, W = int(rng.integers(24, 56)), int(rng.integers(24, 56))
     px = rnd(rng, (1, 3, H, W), dt)
     p = vision_weights(g, dt)
     cases.append(Case(f"random:pixels (1, 3, {H}, {W})", lambda f: f(px, p, cfg), {"out": mv.vision_encoder(px, p, cfg)},
-                      TOL[dt]))
+                      tol))
     return cases
 
 
