@@ -181,7 +181,7 @@ def test_every_switched_adapter_calls_the_student(tmp_path, monkeypatch, adapter
 # Every graded function, directly, through the seam ----------------------------------------------------------
 MARK = {"laurel": "text", "mlp": "text", "ple": "text", "altup": "text", "attention": "text", "decoder": "text",
         "kv_cache": "generation", "sampling": "generation", "generation": "generation", "features": "audio",
-        "usm": "audio", "mobilenetv5": "vision"}
+        "usm": "audio", "embedder": "audio", "mobilenetv5": "vision"}
 
 
 def _rows():

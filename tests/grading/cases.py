@@ -999,6 +999,30 @@ def b_vision_encoder(dt, rng):
     return cases
 
 
+# -------------------------------------------------------------------------------------------------- embedder
+def b_embed_soft(dt, rng):
+    g = golden("audio_embedder")
+    p, eps = cast(g.weights, dt), g.meta["eps"]
+    Dm = g.weights["soft_embedding_norm.weight"].shape[0]
+    B, T = _bt(rng)
+    x, p2 = rnd(rng, (B, T, Dm), dt, 3.0), perturb(g.weights, rng, dt)
+    return [Case("golden:audio_embedder soft", lambda f: f(g.inputs["soft"].astype(dt), p, eps),
+                 {"out": out_of(g, dt)["soft"]}, TOL[dt]),
+            Case(f"random:B={B},T={T}", lambda f: f(x, p2, eps), {"out": _m("embedder").embed_soft(x, p2, eps)}, TOL[dt])]
+
+
+def b_embed_hard(dt, rng):
+    g = golden("audio_embedder")
+    p, eps = cast(g.weights, dt), g.meta["eps"]
+    ids0 = g.inputs["ids"].astype(np.int64) - g.meta["vocab_offset"]
+    V = g.weights["embedding.weight"].shape[0]
+    ids = rng.integers(0, V, _bt(rng))
+    p2 = perturb(g.weights, rng, dt)
+    return [Case("golden:audio_embedder hard", lambda f: f(ids0, p, eps), {"out": out_of(g, dt)["hard"]}, TOL[dt]),
+            Case(f"random:{ids.shape}", lambda f: f(ids, p2, eps), {"out": _m("embedder").embed_hard(ids, p2, eps)},
+                 TOL[dt])]
+
+
 BUILDERS = {
     "laurel": b_laurel,
     "std_multiplier": b_std_multiplier, "gaussian_topk": b_gaussian_topk, "mlp": b_mlp,
@@ -1020,6 +1044,7 @@ BUILDERS = {
     "subsample_conv_projection": b_usm_subsample, "feed_forward": b_usm_feed_forward,
     "local_attention": b_usm_local_attention, "conformer_attention": b_usm_conformer_attention,
     "light_conv1d": b_usm_light_conv1d, "conformer_block": b_usm_conformer_block, "audio_encoder": b_usm_encoder,
+    "embed_soft": b_embed_soft, "embed_hard": b_embed_hard,
     "same_padding": b_same_padding, "conv2d": b_conv2d, "depthwise_conv2d": b_depthwise_conv2d,
     "rms_norm2d": b_rms_norm2d, "edge_residual": _b_block("er", "edge_residual"),
     "universal_inverted_residual": _b_block("uir", "universal_inverted_residual"),
