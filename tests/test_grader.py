@@ -97,6 +97,12 @@ def test_tampering_with_the_guard_is_caught(graded):
     assert [x["status"] for x in laurel + mlp] == ["not your code"] * 4
     assert "replaced the grader's call hook (sys.settrace)" in laurel[0]["detail"]
     assert "called minig3n's mlp (minig3n/mlp.py)" in mlp[0]["detail"]
+    ids = _results(rep, "ple_ids")
+    assert [x["status"] for x in ids] == ["not your code"]
+    assert "inspected the grader's frames or objects (sys._getframe)" in ids[0]["detail"]
+    sco = _results(rep, "scale_corrected_output")
+    assert [x["status"] for x in sco] == ["not your code"] * 2
+    assert "replaced the grader's or NumPy's" in sco[0]["detail"] and ".compare" in sco[0]["detail"]
     assert rep["scores"]["total"] == 0
 
 

@@ -111,6 +111,41 @@ def compare(got, want, tol, exact=False, absolute=False) -> dict:
             "got": float(a[idx]), "want": float(b[idx]), "scale": scale, "absolute": absolute}
 
 
+# The grader's own integrity -----------------------------------------------------------------------------
+def _integrity_targets():
+    import sys as _sys
+
+    from tests.grading import student as student_mod
+    me = _sys.modules[__name__]
+    pairs = [(np, n) for n in ("asarray", "abs", "max", "argmax", "unravel_index", "isnan", "isinf", "isfinite",
+                               "where", "any", "float64")]
+    pairs += [(me, n) for n in ("compare", "_first_mismatch", "run_check", "scores")]
+    pairs += [(hints_mod, "match"), (student_mod.Guard, "_trace"), (student_mod.Guard, "_audit"),
+              (student_mod.Guard, "watch"), (student_mod, "origin_problem"), (np.ndarray, "__eq__")]
+    return pairs
+
+
+_SNAPSHOT: dict = {}
+
+
+def _snapshot():
+    if not _SNAPSHOT:
+        _SNAPSHOT.update({(id(o), n): (o, n, getattr(o, n)) for o, n in _integrity_targets()})
+
+
+def _tampered() -> list[str]:
+    """Names of grader or NumPy functions the graded code replaced (they are put back)."""
+    bad = []
+    for o, n, v in _SNAPSHOT.values():
+        if getattr(o, n, None) is not v:
+            bad.append(f"{getattr(o, '__name__', type(o).__name__)}.{n}")
+            try:
+                setattr(o, n, v)
+            except (AttributeError, TypeError):
+                pass
+    return bad
+
+
 # Running one check --------------------------------------------------------------------------------------
 def _seed_for(seed: int, check: str, dtype: str) -> int:
     h = hashlib.sha256(f"{seed}:{check}:{dtype}".encode()).digest()
@@ -138,6 +173,7 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
     why = origin_problem(target, row.module)
     if why:
         return {**res, "status": "not your code", "detail": f"{row.module}.{row.function}: {why}"}
+    _snapshot()
     rng = np.random.default_rng(_seed_for(seed, row.check, dtype_name or "any"))
     cases = BUILDERS[row.check](DTYPES.get(dtype_name), rng)
     n_ok = n_all = 0
@@ -147,6 +183,9 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
         try:
             with guard.watch(row.module):
                 ret = case.run(target)
+            changed = _tampered()
+            if changed:
+                guard.events.append(f"replaced the grader's or NumPy's {', '.join(changed)}")
             if guard.events:
                 return {**res, "status": "not your code", "fraction": 0.0, "outputs": [],
                         "detail": f"{row.module}.{row.function} ({case.label}): " + "; ".join(guard.events)}
@@ -156,6 +195,9 @@ def run_check(folder: Path, row, dtype_name: str | None, guard: Guard, seed: int
         except CheckTimeout as e:
             return {**res, "status": "error", "fraction": 0.0, "detail": f"{case.label}: {e}"}
         except (Exception, SystemExit) as e:   # the student's code: any exception is a failure of this case
+            changed = _tampered()
+            if changed:
+                guard.events.append(f"replaced the grader's or NumPy's {', '.join(changed)}")
             if guard.events:
                 return {**res, "status": "not your code", "fraction": 0.0, "outputs": [],
                         "detail": f"{row.module}.{row.function} ({case.label}): " + "; ".join(guard.events)}
@@ -263,4 +305,5 @@ def _json_default(x):
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("tests.grading.engine", sys.modules[__name__])   # one copy: tampering shows
     raise SystemExit(main())

@@ -8,7 +8,9 @@ clash with the repository's own top-level names (``minig3n``, ``tests``) are ref
 The guard (``Guard``), active while the student's module is imported and while a graded function runs:
 
 * **golden files**: an audit hook (``sys.addaudithook``, event ``open``) flags any file opened under
-  ``tests/goldens/``; the same hook flags starting another process and replacing the trace hook;
+  ``tests/goldens/``; the same hook flags starting another process, replacing the trace hook, and reaching
+  the grader's frames or objects (``sys._getframe``, ``inspect.currentframe``, ``gc.get_referrers``,
+  ``traceback.tb_frame``: the grader's frames hold the cases and their expected outputs);
 * **minig3n's implementation**: a trace hook (``sys.settrace``, call events only) flags any call into code defined in the
   minig3n module the assignment replaces (``minig3n/laurel.py`` for LAuReL), whoever holds the reference
   (a re-export, a wrapper, a subclass, an alias taken at import time). Names the assignment allows from that
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDENS = (REPO / "tests" / "goldens").resolve()
 MINIG3N = (REPO / "minig3n").resolve()
 RESERVED = {"minig3n", "tests", "walkthrough", PKG}
+FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
 
 
 class StudentImportError(ImportError):
@@ -154,6 +157,10 @@ class Guard:
             msg = f"replaced the grader's call hook ({event})"
         elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn"):
             msg = f"started another process ({event})"
+        elif event in ("sys._getframe", "gc.get_objects", "gc.get_referrers", "gc.get_referents") or (
+                event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRS):
+            # the grader's frames hold the cases (inputs, goldens, expected outputs): no looking around
+            msg = f"inspected the grader's frames or objects ({event}{' ' + args[1] if event.startswith('object') else ''})"
         if msg and msg not in g.events:
             g.events.append(msg)
 
