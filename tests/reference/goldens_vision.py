@@ -241,8 +241,7 @@ def make_image_fixture_torchvision():
                     out32[f"{cname}.{name}"] = proc(im, return_tensors="np")["pixel_values"][0]
     meta = {"configs": {k: {kk: vv for kk, vv in v.items()} for k, v in configs.items()},
             "backend": "SiglipImageProcessor (torchvision)",
-            "reference": {"transformers": __import__("transformers").__version__,
-                          "torchvision": __import__("torchvision").__version__, "torch": torch.__version__,
-                          "pillow": __import__("PIL").__version__,
+            "reference": {**stamp("transformers", "torch", "pillow"),
+                          "torchvision": __import__("torchvision").__version__,
                           "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     return save_golden("vision_image_torchvision", {}, {}, out32, {}, meta)
