@@ -108,3 +108,22 @@ def test_fine_names_agree_with_reference(tmp_path, one_torch_thread, which):
     rows = compare(ta, tb, preset="float64")
     assert first_exceeding(rows) is None
     print(which, "fine names, worst float64 rel", f"{max(r['rel'] for r in rows):.1e}", len(rows), "tensors")
+
+
+def test_default_image_backend_gives_the_reference_default_greedy_tokens(one_torch_thread):
+    """minig3n's default image backend is the reference's default (torchvision): 32 greedy tokens of the two-image +
+    audio conversation equal the reference's ``generate`` on ``AutoProcessor``'s default inputs, and the pixel
+    values are identical; the PIL backend's pixels differ (by up to a few 1/255)."""
+    from minig3n.generate import generate
+    from minig3n.processor import Processor
+    from tests.conftest import TINY
+    from tests.multimodal_cases import conversation, make_audio, make_images
+    from tests.reference import goldens_multimodal as R
+    msgs = conversation(make_images(), make_audio())
+    want_inputs = R.reference_inputs(msgs, backend=None)
+    got = Processor.from_dir(TINY).apply_chat_template(msgs)
+    np.testing.assert_array_equal(got.pixel_values, want_inputs["pixel_values"])
+    pil = Processor.from_dir(TINY, "pil").apply_chat_template(msgs)
+    assert np.abs(pil.pixel_values - want_inputs["pixel_values"]).max() > 0
+    want = R.reference_greedy(want_inputs, 32)
+    assert [t for t, _ in generate(TINY, messages=msgs, max_new_tokens=32)] == want

@@ -4,7 +4,8 @@ settings (768 x 768, BILINEAR, rescale 1/255, no normalisation):
 * ``SiglipImageProcessorPil`` (PIL backend): equal to <= 1e-6 for every mode, size and input kind
   (PIL image, array, file path, checkpoint directory with preprocessor_config.json);
 * ``SiglipImageProcessor`` (the default torchvision backend, resizing uint8 tensors with its own
-  antialiased kernel): the difference is measured and bounded, not zero.
+  antialiased kernel): the PIL backend's difference to it is measured and bounded, not zero; minig3n's own
+  torchvision backend (its default) equals it exactly (``test_matches_torchvision_backend_exactly``).
 """
 import json
 import warnings
