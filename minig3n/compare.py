@@ -27,7 +27,8 @@ tolerance). ``--json FILE`` (``-`` = stdout) writes ``{"rows": [...], "culprit":
 NAME|null, "exit": 0|1, ...}``; non-finite numbers are written as null.
 
 Python API: ``load_trace(path) -> (tensors, meta)`` (tensors in forward order, metadata JSON-decoded),
-``compare(a, b, ...) -> rows`` (a, b: paths or {name: array}; ``minig3n.compare_traces``), ``culprit(rows)``, ``first_exceeding(rows)``;
+``compare(a, b, ...) -> rows`` (a, b: paths or {name: array}; ``minig3n.compare_traces``), ``culprit(rows)``,
+``first_exceeding(rows)``;
 ``minig3n.trace.write_trace`` writes a trace (docs/PORTING.md).
 
 Source: minig3n's own tool; the names are the reference's module paths (``decoder.py``'s docstring).

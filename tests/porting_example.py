@@ -113,7 +113,8 @@ def port_trace(model_dir, ids, bugs=(), mlp_scale=None) -> dict:
         a = pred[0]
         x = norm(a, w(f"layers.{li}.input_layernorm.weight"))
         rec(n + ".input_layernorm", x)
-        lau = x + norm(x @ w(f"layers.{li}.laurel.linear_left.weight").T @ w(f"layers.{li}.laurel.linear_right.weight").T,
+        low = x @ w(f"layers.{li}.laurel.linear_left.weight").T
+        lau = x + norm(low @ w(f"layers.{li}.laurel.linear_right.weight").T,
                        w(f"layers.{li}.laurel.post_laurel_norm.weight"))
         rec(n + ".laurel", lau)
         # attention (KV-shared layers read their producer's k, v)

@@ -240,3 +240,29 @@ def test_exact_constants_match_an_exact_float64_port(ckpt, ours, tmp_path):
     assert load_trace(path)[1]["constants"] == "exact"
     assert main(["trace", "--model", str(ckpt), "--ids", "2,3", "--out", str(tmp_path / "x.safetensors"),
                  "--constants", "exact"]) == 2
+
+
+def test_hard_token_ids_and_fine_names_numpy_tier(tmp_path, tiny_dir):
+    """On the tiny multimodal checkpoint ``--ids`` with <end_of_image> (1024) and an audio-range id (1200) embeds them
+    through the embedders' hard path (X.inputs_embeds rows equal multimodal.hard_token_embeddings, not the
+    embed_tokens rows); ``--fine`` adds q [T, N, E], k / v [T, G, E] (none on the KV-shared layers 6..9),
+    mlp.gate_proj [T, I] and altup_streams [K, T, D] without changing any other tensor."""
+    from minig3n.multimodal import hard_token_embeddings, load_multimodal_model
+    ids = [2, 17, 1024, 5, 1200, 9]
+    plain, fine = tmp_path / "p.safetensors", tmp_path / "f.safetensors"
+    for out, extra in ((plain, []), (fine, ["--fine"])):
+        assert main(["trace", "--model", str(tiny_dir), "--ids", ",".join(map(str, ids)), "--out", str(out),
+                     "--dtype", "float64", *extra]) == 0
+    tp, _ = load_trace(plain)
+    tf, _ = load_trace(fine)
+    X = "model.language_model."
+    want = hard_token_embeddings(load_multimodal_model(tiny_dir, np.float64), np.array([ids]))[0]
+    np.testing.assert_array_equal(tp[X + "inputs_embeds"], want)
+    assert np.abs(tp[X + "inputs_embeds"][[2, 4]] - tp[X + "embed_tokens"][[2, 4]]).max() > 0.1
+    assert all(np.array_equal(tp[n], tf[n]) for n in tp) and [n for n in tf if n in tp] == list(tp)
+    extra = [n for n in tf if n not in tp]
+    assert tf[X + "altup_streams"].shape == (4, 6, tf[X + "embed_tokens"].shape[1])
+    assert tf[X + "layers.0.self_attn.q"].ndim == 3 and tf[X + "layers.0.mlp.gate_proj"].shape[0] == 6
+    assert X + "layers.5.self_attn.k" in tf and X + "layers.6.self_attn.k" not in tf
+    assert X + "layers.9.self_attn.q" in tf
+    assert len(extra) == 1 + 10 * 2 + 6 * 2       # altup_streams; q and gate_proj per layer; k, v on layers 0..5

@@ -30,7 +30,8 @@ def test_decode_steps_agree_with_reference_cache(tmp_path, one_torch_thread, whi
     step within 1e-10 (the per-step maximum is printed), the same greedy ids fed; float32 within the float32
     preset with the same ids."""
     from tests.conftest import TINY, WEIGHTS
-    model, ids = (WEIGHTS / "nano-gemma3n", NANO_IDS) if which == "nano" else (TINY, "2,17,5,40,41,42,43,44,45,46,47,48")
+    tiny_ids = "2,17,5,40,41,42,43,44,45,46,47,48"
+    model, ids = (WEIGHTS / "nano-gemma3n", NANO_IDS) if which == "nano" else (TINY, tiny_ids)
     ta, ma, tb, mb = _both(tmp_path, model, ids, 12, "float64")
     assert ma["decoded_ids"] == mb["decoded_ids"] and len(mb["decoded_ids"]) == 12
     assert list(ta) == list(tb)

@@ -12,7 +12,8 @@ casts lifted), so the comparison with minig3n's float64 mode is exact to ~1e-14.
 Works for ``Gemma3nForCausalLM`` (``gemma3n_text``) and ``Gemma3nForConditionalGeneration`` (``gemma3n``)
 checkpoint directories.
 With ``--chat TEXT --image PATH ... --audio PATH`` (multimodal checkpoints) the inputs come from the reference
-processor (``--image-backend``, default torchvision as the reference and minig3n; WAVs must be float32 at 16 kHz) and the towers are traced too
+processor (``--image-backend``, default torchvision as the reference and minig3n; WAVs must be float32 at
+16 kHz) and the towers are traced too
 (``hooked_multimodal_trace``: module outputs with their batch axis, the embedders' soft-path outputs); float64
 then runs under both ``lift_text`` and ``lift_audio``.
 """
@@ -129,7 +130,8 @@ def _inner_values(model, out) -> list:
 
 def traced_decode(model, tracer, first: dict, steps: int, fine: bool = False) -> tuple[dict, list]:
     """``tracer(model, run)`` on the prefill ``model(**first)``, then ``steps`` greedy steps with the reference's
-    own KV cache (``cache=``, formerly ``past_key_values``), each traced by ``hooked_trace`` under ``step{n}.`` + the same names, as
+    own KV cache (``cache=``, formerly ``past_key_values``), each traced by ``hooked_trace`` under ``step{n}.`` +
+    the same names, as
     ``minig3n trace --decode-steps``. -> (trace, the ids fed to the steps)."""
     held = {}
 
