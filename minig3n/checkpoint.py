@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Gemma3nConfig
-from .errors import CheckpointError
+from .config import Gemma3nConfig, read_json
+from .errors import CheckpointError, ConfigError
 
 # safetensors dtype name -> (numpy storage dtype, bytes per element)
 _STORAGE = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
@@ -48,12 +48,199 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
+# safetensors dtype name -> bits per element: every dtype the format defines (safetensors 0.8), so that what
+# is a valid file is decided exactly as the safetensors library decides it. minig3n computes with the four
+# float dtypes of _STORAGE; a file holding others opens, and reading such a tensor raises CheckpointError.
+_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+         "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+         "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+MAX_HEADER_BYTES = 100_000_000      # the safetensors library's cap (MAX_HEADER_SIZE)
+MAX_JSON_DEPTH = 127                # deepest nesting of [ and { the library's JSON parser accepts
+_U64 = 2 ** 64 - 1                  # shapes, offsets and byte counts are u64 in the library
+
+
+class _Obj(dict):
+    """A JSON object that remembers which keys it saw more than once."""
+    dups: tuple = ()
+
+
+def _pairs(pairs) -> _Obj:
+    obj = _Obj(pairs)
+    if len(obj) != len(pairs):
+        seen, dups = set(), []
+        for k, _ in pairs:
+            if k in seen:
+                dups.append(k)
+            seen.add(k)
+        obj.dups = tuple(dups)
+    return obj
+
+
+def _no_constant(token):
+    raise ValueError(f"{token} is not a JSON value")
+
+
+def _parse_int(s: str):
+    if s == "-0":
+        return -0.0               # the library's parser reads -0 as a float, which no integer field takes
+    v = int(s)                    # more than 4300 digits: ValueError (Python's limit), out of range anyway
+    if abs(v) > 1.7976931348623157e308:
+        raise ValueError(f"number {s[:20]}... out of range")
+    return v
+
+
+def _parse_float(s: str) -> float:
+    v = float(s)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"number {s[:20]} out of range")
+    return v
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside strings (a linear scan, so 10**6 brackets cost no recursion)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _has_lone_surrogate(v) -> bool:
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+    if isinstance(v, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_lone_surrogate(x) for x in v)
+    return False
+
+
+def _is_u64(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U64
+
+
+def parse_header(header_bytes: bytes, where: str) -> tuple[dict, dict]:
+    """The JSON header of a safetensors file -> ({name: {"dtype", "shape", "data_offsets"}}, metadata).
+
+    Validated as the safetensors library validates it (a file one accepts, the other accepts), with one
+    rule stricter: a tensor name given twice is an error (the library keeps the last one silently). Raises
+    CheckpointError naming ``where`` and the first field at fault. Offsets are relative to the data section;
+    the ranges are checked to tile it from byte 0 (the caller checks that they end where the file ends)."""
+    try:
+        text = header_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{where}: corrupt header: not UTF-8 (byte {e.start}); not a safetensors file?") from None
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{where}: corrupt header: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        header = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_int=_parse_int,
+                            parse_float=_parse_float)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{where}: corrupt header: not valid JSON ({e}); not a safetensors file?") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: corrupt header: expected a JSON object, got a {type(header).__name__}; "
+                              "not a safetensors file?")
+    if _has_lone_surrogate(header):
+        raise CheckpointError(f"{where}: corrupt header: a string holds an unpaired UTF-16 surrogate escape")
+    for k in header.dups:
+        what = "'__metadata__' appears" if k == "__metadata__" else f"tensor '{k}' is listed"
+        raise CheckpointError(f"{where}: corrupt header: {what} more than once")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{where}: corrupt header: '__metadata__' must be an object of strings, got "
+                              f"{json.dumps(metadata)[:80]}")
+    tensors = {}
+    for name, info in header.items():
+        bad = f"{where}: corrupt header entry for tensor '{name}'"
+        if isinstance(info, list):          # the library also reads [dtype, shape, data_offsets]
+            if len(info) != 3:
+                raise CheckpointError(f"{bad}: expected an object with dtype, shape, data_offsets")
+            info = dict(zip(("dtype", "shape", "data_offsets"), info))
+        elif isinstance(info, dict):
+            for k in getattr(info, "dups", ()):
+                if k in ("dtype", "shape", "data_offsets"):
+                    raise CheckpointError(f"{bad}: '{k}' is given more than once")
+            missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+            if missing:
+                raise CheckpointError(f"{bad}: '{missing[0]}' is missing")
+        else:
+            raise CheckpointError(f"{bad}: expected an object with dtype, shape, data_offsets, got "
+                                  f"{json.dumps(info)[:80]}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if isinstance(dtype, dict) and len(dtype) == 1 and next(iter(dtype.values())) is None:
+            dtype = next(iter(dtype))        # {"F32": null}: serde's map form of the same enum value
+        if not isinstance(dtype, str) or dtype not in _BITS:
+            raise CheckpointError(f"{bad}: dtype {json.dumps(dtype)[:40]} is not a safetensors dtype "
+                                  f"({', '.join(_BITS)})")
+        if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+            raise CheckpointError(f"{bad}: shape {json.dumps(shape)[:60]} must be a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_u64(o) for o in offsets)):
+            raise CheckpointError(f"{bad}: data_offsets {json.dumps(offsets)[:60]} must be two non-negative "
+                                  "integers [begin, end]")
+        tensors[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+    # The byte ranges, in order, must tile the data section: each starts where the previous one ends.
+    start, prev = 0, None
+    for name, t in sorted(tensors.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+        begin, end = t["data_offsets"]
+        if begin != start or end < begin:
+            after = f"where tensor '{prev}' ends" if prev is not None else "the start of the data section"
+            raise CheckpointError(f"{where}: corrupt header: tensor '{name}' has byte range [{begin}, {end}); "
+                                  f"expected it to begin at byte {start}, {after} (ranges must be contiguous, "
+                                  "non-overlapping and cover the data exactly)")
+        n = 1
+        for d in t["shape"]:
+            n *= d
+            if n > _U64:
+                raise CheckpointError(f"{where}: corrupt header: tensor '{name}' shape {t['shape']} has more "
+                                      "elements than a 64-bit count holds")
+        bits = n * _BITS[t["dtype"]]
+        if bits > _U64:
+            raise CheckpointError(f"{where}: corrupt header: tensor '{name}' {t['dtype']}{t['shape']} is larger "
+                                  "than a 64-bit byte count holds")
+        if bits % 8:
+            raise CheckpointError(f"{where}: corrupt header: tensor '{name}' {t['dtype']}{t['shape']} does not "
+                                  "fill whole bytes")
+        if end - begin != bits // 8:
+            raise CheckpointError(f"{where}: corrupt header: tensor '{name}' {t['dtype']}{t['shape']} needs "
+                                  f"{bits // 8} bytes, its byte range holds {end - begin}")
+        start, prev = end, name
+    return tensors, metadata
+
+
 class SafetensorsFile:
-    """One memory-mapped .safetensors file: ``names``, ``info(name)``, ``raw(name)`` (a view, no copy)."""
+    """One memory-mapped .safetensors file: ``names``, ``info(name)``, ``raw(name)`` (a view, no copy).
+
+    Opening validates the whole header (``parse_header``) and checks that the byte ranges end exactly where
+    the file ends, so every later ``raw`` reads inside the file; nothing is read beyond the 8-byte length
+    until that length is known to fit both the file and the 100 MB header cap."""
 
     def __init__(self, path):
         self.path = Path(path)
         try:
+            if self.path.is_dir():
+                raise CheckpointError(f"{self.path}: is a directory, not a safetensors file")
             size = self.path.stat().st_size
             with open(self.path, "rb") as f:
                 head = f.read(8)
@@ -64,32 +251,27 @@ class SafetensorsFile:
                 if n > size - 8:
                     raise CheckpointError(f"{self.path}: corrupt header (header length {n} is larger than the "
                                           f"{size - 8} bytes after it; truncated or not a safetensors file)")
+                if n > MAX_HEADER_BYTES:
+                    raise CheckpointError(f"{self.path}: corrupt header (header length {n} bytes exceeds the "
+                                          f"{MAX_HEADER_BYTES:,}-byte limit of the safetensors format)")
                 header_bytes = f.read(n)
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
-        try:
-            header = json.loads(header_bytes)
-            assert isinstance(header, dict)
-        except (ValueError, AssertionError):
-            raise CheckpointError(f"{self.path}: corrupt header (not a JSON object; not a safetensors file?)") from None
-        self.metadata = header.pop("__metadata__", None) or {}
+        except PermissionError:
+            raise CheckpointError(f"{self.path}: permission denied (cannot read the file)") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{self.path}: is a directory, not a safetensors file") from None
+        self.header, self.metadata = parse_header(header_bytes, str(self.path))
         self.data_start = 8 + n
-        self.header = header
-        for name, info in header.items():
-            try:
-                dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: corrupt header entry for tensor '{name}'") from None
-            if dtype not in _STORAGE:
-                raise CheckpointError(f"{self.path}: tensor '{name}' has dtype {dtype}; minig3n reads "
-                                      f"{', '.join(_STORAGE)} only")
-            want = int(np.prod(shape, dtype=np.int64)) * _STORAGE[dtype].itemsize
-            if end - begin != want:
-                raise CheckpointError(f"{self.path}: corrupt header: tensor '{name}' {dtype}{list(shape)} needs "
-                                      f"{want} bytes, its byte range holds {end - begin}")
-            if self.data_start + end > size:
-                raise CheckpointError(f"{self.path}: truncated file: tensor '{name}' ends at byte "
-                                      f"{self.data_start + end}, the file has {size}")
+        data_end = max((t["data_offsets"][1] for t in self.header.values()), default=0)
+        if self.data_start + data_end > size:
+            last = max(self.header, key=lambda k: self.header[k]["data_offsets"][1])
+            raise CheckpointError(f"{self.path}: truncated file: tensor '{last}' ends at byte "
+                                  f"{self.data_start + data_end}, the file has {size}")
+        if self.data_start + data_end < size:
+            raise CheckpointError(f"{self.path}: corrupt file: {size - self.data_start - data_end} bytes after the "
+                                  f"last tensor (byte {self.data_start + data_end}); the tensors must cover the "
+                                  "data section exactly")
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > 0 else None
 
     @property
@@ -100,11 +282,22 @@ class SafetensorsFile:
         h = self.header[name]
         return h["dtype"], tuple(h["shape"])
 
+    def storage(self, name: str) -> np.dtype:
+        """The NumPy storage dtype of a tensor (uint16 for BF16); CheckpointError for the dtypes minig3n
+        does not compute with (integers, bool, fp8, complex)."""
+        dtype = self.header[name]["dtype"]
+        if dtype not in _STORAGE:
+            raise CheckpointError(f"{self.path}: tensor '{name}' has dtype {dtype}; minig3n reads "
+                                  f"{', '.join(_STORAGE)} only")
+        return _STORAGE[dtype]
+
     def raw(self, name: str) -> np.ndarray:
         """The stored values as a read-only view into the memory map (uint16 bit patterns for BF16)."""
         h = self.header[name]
+        storage = self.storage(name)
         begin, end = h["data_offsets"]
-        storage = _STORAGE[h["dtype"]]
+        if begin == end:
+            return np.zeros(h["shape"], dtype=storage)
         flat = self._map[self.data_start + begin:self.data_start + end].view(storage)
         return flat.reshape(h["shape"])
 
@@ -114,6 +307,25 @@ def to_float(raw: np.ndarray, st_dtype: str, dtype) -> np.ndarray:
     if st_dtype == "BF16":
         return bf16_bits_to_float32(np.asarray(raw)).astype(dtype, copy=False)
     return np.array(raw, dtype=dtype)
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """``model.safetensors.index.json`` -> its weight_map {tensor name: shard file name}, checked by type."""
+    try:
+        d = read_json(index, "safetensors index")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(d, dict) or "weight_map" not in d:
+        raise CheckpointError(f"{index}: not a safetensors index (expected a JSON object with 'weight_map')")
+    weight_map = d["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: 'weight_map' must be an object {{tensor name: shard file}}, got "
+                              f"{type(weight_map).__name__} {json.dumps(weight_map)[:60]}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
+            raise CheckpointError(f"{index}: 'weight_map' entry for tensor '{name}' must be a file name in the "
+                                  f"checkpoint directory, got {json.dumps(shard)[:60]}")
+    return weight_map
 
 
 class Checkpoint:
@@ -136,11 +348,7 @@ class Checkpoint:
         index = self.dir / "model.safetensors.index.json"
         single = self.dir / "model.safetensors"
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError):
-                raise CheckpointError(f"{index}: not a safetensors index (expected a JSON object with "
-                                      "'weight_map')") from None
+            weight_map = read_index(index)
             for shard in sorted(set(weight_map.values())):
                 if not (self.dir / shard).exists():
                     raise CheckpointError(f"{index} names shard '{shard}', which is not in {self.dir}")
@@ -154,6 +362,8 @@ class Checkpoint:
             self.where = {n: "model.safetensors" for n in self.files["model.safetensors"].names}
         else:
             raise CheckpointError(f"{self.dir}: no model.safetensors and no model.safetensors.index.json")
+        for name, shard in self.where.items():
+            self.files[shard].storage(name)      # CheckpointError naming a tensor of a dtype minig3n cannot use
         self._cache: dict[str, np.ndarray] = {}
         # Text-only checkpoints (Gemma3nForCausalLM) keep the decoder at "model.", multimodal ones at
         # "model.language_model.".

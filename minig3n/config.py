@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,121 @@ def _known(cls, d: dict) -> dict:
 def _require(ok: bool, key: str, rule: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': {rule}")
+
+
+def read_json(path, what: str = "JSON file"):
+    """Parse a JSON file; a missing file, a directory, bytes that are not UTF-8, or bad JSON (including the
+    non-standard NaN / Infinity tokens Python would accept) -> ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a {what}") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (cannot read the {what})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a {what}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]            # a byte-order mark, as some editors write; harmless
+    try:
+        return json.loads(text, parse_constant=lambda c: _reject_constant(c))
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply); expected a {what}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); expected a {what}") from None
+
+
+def _reject_constant(token):
+    raise ValueError(f"{token} is not a JSON value")
+
+
+# Upper bounds on sizes: far above every Gemma 3n checkpoint (the E4B value is in the comment), low enough
+# that a typo (or a hostile file) is refused before a list, table or cache of that size is allocated.
+LIMITS = {
+    "num_hidden_layers": 1024,                 # 35
+    "vocab_size": 1 << 24,                     # 262,400
+    "vocab_size_per_layer_input": 1 << 24,     # 262,144
+    "hidden_size": 1 << 16,                    # 2048
+    "hidden_size_per_layer_input": 1 << 16,    # 256
+    "intermediate_size": 1 << 20,              # 16,384
+    "num_attention_heads": 1024,               # 8
+    "num_key_value_heads": 1024,               # 2
+    "head_dim": 1 << 14,                       # 256
+    "laurel_rank": 1 << 16,                    # 64
+    "altup_num_inputs": 64,                    # 4
+    "sliding_window": 1 << 24,                 # 512
+    "max_position_embeddings": 1 << 24,        # 32,768
+}
+
+
+def _type_name(v) -> str:
+    return "null" if v is None else {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                                     list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(cls, d: dict, where: str = "") -> None:
+    """Every key of ``d`` that is a field of dataclass ``cls`` must have the type of the field's default
+    (int, finite number, bool, str, list); fields listed in ``cls._TYPES`` use that rule instead."""
+    special = getattr(cls, "_TYPES", {})
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v, key = d[f.name], where + f.name
+        if f.name in special:
+            ok, want = special[f.name](v)
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if isinstance(default, bool):
+                ok, want = isinstance(v, bool), "true or false"
+            elif isinstance(default, int):
+                ok, want = _is_int(v), "an integer"
+            elif isinstance(default, float):
+                ok, want = _is_number(v), "a finite number"
+            elif isinstance(default, str):
+                ok, want = isinstance(v, str), "a string"
+            elif isinstance(default, list):
+                ok, want = isinstance(v, list), "a list"
+            else:
+                continue
+        if not ok:
+            raise ConfigError(f"config key '{key}': must be {want}, got {_type_name(v)} {json.dumps(v)[:60]}")
+        if f.name in LIMITS and cls.__name__ == "TextConfig":
+            values = v if isinstance(v, list) else [v]
+            big = [x for x in values if _is_int(x) and x > LIMITS[f.name]]
+            _require(not big, key, f"{big[:1][0] if big else 0:,} is beyond minig3n's limit of "
+                                   f"{LIMITS[f.name]:,} (refused before allocating anything)")
+
+
+def _int_or_int_list(v):
+    return (_is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
+            "an integer or a list of integers (one per layer)")
+
+
+def _optional_int_or_list(v):
+    return v is None or _int_or_int_list(v)[0], "an integer, a list of integers, or null"
+
+
+def _optional_positive(v):
+    return v is None or (_is_number(v) and v > 0), "a positive finite number or null"
+
+
+def _optional_str_list(v):
+    return v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of strings or null"
+
+
+def _sparsity(v):
+    return (v is None or _is_number(v) or (isinstance(v, list) and all(_is_number(x) for x in v)),
+            "a number, a list of numbers (one per layer), or null")
 
 
 @dataclass
@@ -89,18 +205,32 @@ class TextConfig:
     laurel_rank: int = 64                      # R
     activation_sparsity_pattern: Any = None    # default: 0.95 on the first 10 layers if L > 10
 
+    _TYPES = {  # fields whose type is not the type of their default (see _check_types)
+        "intermediate_size": _int_or_int_list, "eos_token_id": _optional_int_or_list,
+        "layer_types": _optional_str_list, "activation_sparsity_pattern": _sparsity,
+        "final_logit_softcapping": _optional_positive, "altup_coef_clip": _optional_positive,
+        "pad_token_id": lambda v: (v is None or _is_int(v), "an integer or null"),
+    }
+
     @classmethod
-    def from_dict(cls, d: dict) -> "TextConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "TextConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config key '{where.rstrip('.') or 'text_config'}': must be an object, "
+                              f"got {_type_name(d)}")
         d = dict(d)
         # transformers >= 5 writes rope settings as rope_parameters{full_attention, sliding_attention};
         # older files carry rope_theta / rope_local_base_freq at the top level. Accept both.
         rope = d.pop("rope_parameters", None) or {}
+        _require(isinstance(rope, dict), where + "rope_parameters", f"must be an object, got {_type_name(rope)}")
         for layer_type, key in ((FULL, "rope_theta"), (SLIDING, "rope_local_base_freq")):
             sub = rope.get(layer_type) or {}
+            _require(isinstance(sub, dict), f"{where}rope_parameters.{layer_type}",
+                     f"must be an object, got {_type_name(sub)}")
             _require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
                      "only 'default' RoPE is used by Gemma 3n")
             if "rope_theta" in sub:
                 d[key] = sub["rope_theta"]
+        _check_types(cls, d, where)
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
@@ -150,6 +280,17 @@ class TextConfig:
         _require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
                  f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
         _require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
+        for key in ("rms_norm_eps", "rope_theta", "rope_local_base_freq"):
+            v = getattr(self, key)
+            _require(_is_number(v) and v > 0, key, f"must be a positive finite number, got {v!r}")
+        for key in ("final_logit_softcapping", "altup_coef_clip"):
+            v = getattr(self, key)
+            _require(v is None or (_is_number(v) and v > 0), key,
+                     f"must be a positive finite number or null (off), got {v!r}")
+        _require(all(0 <= i < self.vocab_size for i in self.eos_token_ids), "eos_token_id",
+                 f"must be token ids below vocab_size={self.vocab_size}, got {self.eos_token_id!r}")
+        _require(0 <= self.bos_token_id < self.vocab_size, "bos_token_id",
+                 f"must be a token id below vocab_size={self.vocab_size}, got {self.bos_token_id!r}")
         _require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
                  f"must lie in [0, num_hidden_layers={L})")
         if self.num_kv_shared_layers:
@@ -205,11 +346,21 @@ class AudioConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
+        _require(isinstance(d, dict), "audio_config", f"must be an object, got {_type_name(d)}")
+        _check_types(cls, d, "audio_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if _is_int(v) and f.name not in ("conf_attention_context_right",):
+                _require(1 <= v <= (1 << 24), f"audio_config.{f.name}", f"must be an integer in [1, 2**24], got {v}")
+            elif isinstance(v, float):
+                _require(v > 0, f"audio_config.{f.name}", f"must be a positive finite number, got {v}")
+        _require(0 <= self.conf_attention_context_right <= 1 << 24, "audio_config.conf_attention_context_right",
+                 f"must be an integer >= 0, got {self.conf_attention_context_right}")
         _require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
                  f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
         _require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
@@ -238,11 +389,19 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisionConfig":
+        _require(isinstance(d, dict), "vision_config", f"must be an object, got {_type_name(d)}")
+        _check_types(cls, d, "vision_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
 
+    _TYPES = {"model_args": lambda v: (v is None or isinstance(v, dict), "an object or null")}
+
     def validate(self) -> None:
+        for key in ("hidden_size", "vocab_size", "vocab_offset"):
+            v = getattr(self, key)
+            _require(1 <= v <= (1 << 24), f"vision_config.{key}", f"must be an integer in [1, 2**24], got {v}")
+        _require(self.rms_norm_eps > 0, "vision_config.rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
         if self.architecture != "mobilenetv5_300m_enc":
             _require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
                      f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
@@ -275,6 +434,8 @@ class Gemma3nConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Gemma3nConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config.json must hold a JSON object, got {_type_name(d)}")
         model_type = d.get("model_type", "gemma3n")
         if model_type == "gemma3n_text":
             return cls(text=TextConfig.from_dict(d), model_type="gemma3n_text")
@@ -282,7 +443,8 @@ class Gemma3nConfig:
         _require(isinstance(d.get("text_config"), dict), "text_config", "a gemma3n config needs a text_config")
         top = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}
                and k not in ("text", "audio", "vision", "model_type")}
-        cfg = cls(text=TextConfig.from_dict(d["text_config"]),
+        _check_types(cls, top)
+        cfg = cls(text=TextConfig.from_dict(d["text_config"], "text_config."),
                   audio=AudioConfig.from_dict(d.get("audio_config") or {}),
                   vision=VisionConfig.from_dict(d.get("vision_config") or {}), **top)
         V = cfg.text.vocab_size
@@ -294,13 +456,15 @@ class Gemma3nConfig:
     @classmethod
     def from_file(cls, path) -> "Gemma3nConfig":
         path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: no config.json here (a checkpoint directory needs one)")
+        d = read_json(path, "config.json")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: must hold a JSON object (the model config), got {_type_name(d)}")
         try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no config.json here (a checkpoint directory needs one)") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
         if not self.is_multimodal:
