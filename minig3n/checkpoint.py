@@ -239,8 +239,6 @@ class SafetensorsFile:
     def __init__(self, path):
         self.path = Path(path)
         try:
-            if self.path.is_dir():
-                raise CheckpointError(f"{self.path}: is a directory, not a safetensors file")
             size = self.path.stat().st_size
             with open(self.path, "rb") as f:
                 head = f.read(8)
@@ -259,8 +257,6 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: file not found") from None
         except PermissionError:
             raise CheckpointError(f"{self.path}: permission denied (cannot read the file)") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{self.path}: is a directory, not a safetensors file") from None
         self.header, self.metadata = parse_header(header_bytes, str(self.path))
         self.data_start = 8 + n
         data_end = max((t["data_offsets"][1] for t in self.header.values()), default=0)
@@ -309,6 +305,12 @@ def to_float(raw: np.ndarray, st_dtype: str, dtype) -> np.ndarray:
     return np.array(raw, dtype=dtype)
 
 
+def _open_file(path: Path) -> SafetensorsFile:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a safetensors file")
+    return SafetensorsFile(path)
+
+
 def read_index(index: Path) -> dict[str, str]:
     """``model.safetensors.index.json`` -> its weight_map {tensor name: shard file name}, checked by type."""
     try:
@@ -352,13 +354,13 @@ class Checkpoint:
             for shard in sorted(set(weight_map.values())):
                 if not (self.dir / shard).exists():
                     raise CheckpointError(f"{index} names shard '{shard}', which is not in {self.dir}")
-                self.files[shard] = SafetensorsFile(self.dir / shard)
+                self.files[shard] = _open_file(self.dir / shard)
             for name, shard in weight_map.items():
                 if name not in self.files[shard].header:
                     raise CheckpointError(f"{index} puts tensor '{name}' in '{shard}', which does not hold it")
                 self.where[name] = shard
         elif single.exists():
-            self.files["model.safetensors"] = SafetensorsFile(single)
+            self.files["model.safetensors"] = _open_file(single)
             self.where = {n: "model.safetensors" for n in self.files["model.safetensors"].names}
         else:
             raise CheckpointError(f"{self.dir}: no model.safetensors and no model.safetensors.index.json")

@@ -72,8 +72,8 @@ def load_multimodal_model(model_dir_or_checkpoint, dtype=None) -> MultimodalMode
     else:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     if not ckpt.config.is_multimodal:
-        raise CheckpointError(f"{model_dir_or_checkpoint}: a text-only (gemma3n_text) checkpoint has no vision or "
-                              "audio tower; images and audio need a gemma3n checkpoint")
+        raise CheckpointError(f"{ckpt.dir}: a text-only (gemma3n_text) checkpoint has no vision or audio tower; "
+                              "images and audio (--image / --audio) need a multimodal (gemma3n) checkpoint")
     text = decoder.load_text_model(ckpt)
     cfg = ckpt.config
     ckpt.check_shapes({**embedder_weight_shapes(cfg.vision, cfg.text, "model.embed_vision."),

@@ -10,6 +10,7 @@ import pytest
 from minig3n.checkpoint import SafetensorsFile, save_safetensors
 from minig3n.errors import CheckpointError
 from tests import fuzz_safetensors
+from tests.conftest import WEIGHTS
 
 pytestmark = pytest.mark.foundation
 
@@ -125,6 +126,8 @@ def test_valid_edge_cases_accepted(tmp_path):
 
 
 def test_directory_instead_of_file(tmp_path):
-    (tmp_path / "m.safetensors").mkdir()
-    with pytest.raises(CheckpointError, match="m.safetensors: is a directory"):
-        SafetensorsFile(tmp_path / "m.safetensors")
+    from minig3n.checkpoint import Checkpoint
+    (tmp_path / "config.json").write_text((WEIGHTS / "nano-gemma3n" / "config.json").read_text())
+    (tmp_path / "model.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="model.safetensors: is a directory"):
+        Checkpoint(tmp_path)
