@@ -21,13 +21,13 @@ Left out: writing (see ``save_safetensors`` for the small writer minig3n needs),
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_output
 from .config import Gemma3nConfig, read_json
 from .errors import CheckpointError, ConfigError
 
@@ -529,7 +529,8 @@ def text_weight_shapes(cfg, prefix: str) -> dict[str, tuple]:
 def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
     """Write float tensors (F64/F32/F16; pass uint16 arrays under ``bf16=`` names via ``save_bf16``) to
     ``path``. Tensors are written in sorted name order so the same input always gives the same bytes. The
-    file appears atomically (written to a temporary name, then renamed)."""
+    file appears atomically (``atomic.atomic_output``: a unique temporary name next to it, renamed at the end,
+    removed on any error, Ctrl-C or SIGTERM); OutputError for a read-only or full disk."""
     header, chunks, offset = {}, [], 0
     for name in sorted(tensors):
         arr = tensors[name]
@@ -545,14 +546,12 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # align the data section to 8 bytes, as the reference writer does
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for c in chunks:
-            f.write(c)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(head)))
+            f.write(head)
+            for c in chunks:
+                f.write(c)
 
 
 class _BF16:
