@@ -49,7 +49,7 @@ _INT_SCALE = {np.dtype("int16"): 32768.0, np.dtype("int32"): 2147483648.0}
 
 MIN_RATE, MAX_RATE = 1000, 1_000_000       # Hz: anything outside is a corrupt header, not a recording
 MAX_SECONDS = 30                            # features.MAX_LENGTH / SAMPLING_RATE: what the model reads
-_MARGIN_SECONDS = 1                         # read this much more, for the resampler's filter at the cut
+MARGIN_SECONDS = 1                         # read this much more, for the resampler's filter at the cut
 
 
 def check_wav_header(path) -> tuple[int, int, int, int]:
@@ -99,7 +99,7 @@ def check_wav_header(path) -> tuple[int, int, int, int]:
     raise InputError(f"{path}: corrupt WAV file: no {'data' if fmt else 'fmt'} chunk in its {size} bytes")
 
 
-def read_wav(path, max_seconds: float | None = MAX_SECONDS + _MARGIN_SECONDS) -> tuple[np.ndarray, int]:
+def read_wav(path, max_seconds: float | None = MAX_SECONDS + MARGIN_SECONDS) -> tuple[np.ndarray, int]:
     """Read a WAV file: (samples float32 [A] or [A, channels] in [-1, 1], sample rate in Hz). Only the first
     ``max_seconds`` are read (None: all); the header is checked against the file first (``check_wav_header``)."""
     from scipy.io import wavfile
@@ -183,7 +183,7 @@ def load_audio(source, sampling_rate: int | None = None) -> np.ndarray:
         raise InputError(f"{what}: sample rate must be an integer number of Hz in [{MIN_RATE}, {MAX_RATE}], "
                          f"got {rate!r}")
     if seconds > MAX_SECONDS:           # cut before resampling (keeping the filter's reach), then exactly
-        x = x[:int(math.ceil((MAX_SECONDS + _MARGIN_SECONDS) * rate))]
+        x = x[:int(math.ceil((MAX_SECONDS + MARGIN_SECONDS) * rate))]
     x = check_waveform(to_mono(x), what)
     y = check_waveform(resample(x, rate), what)
     if y.shape[0] > MAX_LENGTH:
