@@ -158,8 +158,8 @@ def parse_header(header_bytes: bytes, where: str) -> tuple[dict, dict]:
     except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{where}: corrupt header: not valid JSON ({e}); not a safetensors file?") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{where}: corrupt header: expected a JSON object, got a {type(header).__name__}; "
-                              "not a safetensors file?")
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(header), "a number")
+        raise CheckpointError(f"{where}: corrupt header: expected a JSON object, got {kind}; not a safetensors file?")
     if _has_lone_surrogate(header):
         raise CheckpointError(f"{where}: corrupt header: a string holds an unpaired UTF-16 surrogate escape")
     for k in header.dups:

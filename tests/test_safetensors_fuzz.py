@@ -56,7 +56,7 @@ BAD = [
     ("trailing bytes", {"a": T()}, bytes(5), r"1 bytes after the last tensor"),
     ("truncated data", {"a": T(shape=[2], offsets=[0, 8])}, bytes(4), r"truncated file: tensor 'a' ends at byte"),
     ("metadata not strings", {"__metadata__": {"x": 1}}, b"", r"'__metadata__' must be an object of strings"),
-    ("not an object", None, b"", r"expected a JSON object, got a list"),
+    ("not an object", None, b"", r"expected a JSON object, got an array"),
     ("duplicate tensor", None, bytes(4), r"tensor 'a' is listed more than once"),
     ("duplicate field", None, bytes(4), r"'a'.*'dtype' is given more than once"),
     ("NaN token", None, b"", r"not valid JSON \(NaN is not a JSON value"),
