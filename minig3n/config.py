@@ -33,13 +33,15 @@ Legend of the dimension letters used in shape comments throughout minig3n
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (int_or_int_list, is_int, is_number, optional_int_or_list,
+                            optional_positive, optional_str_list, require, sparsity, type_name, check_types,
+                            read_json)
 from .errors import ConfigError
+from .kv_share import kv_sharing_modes
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -51,124 +53,6 @@ def _known(cls, d: dict) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
-def _require(ok: bool, key: str, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {rule}")
-
-
-def read_json(path, what: str = "JSON file"):
-    """Parse a JSON file; a missing file, a directory, bytes that are not UTF-8, or bad JSON (including the
-    non-standard NaN / Infinity tokens Python would accept) -> ConfigError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a {what}") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied (cannot read the {what})") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a {what}") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]            # a byte-order mark, as some editors write; harmless
-    try:
-        return json.loads(text, parse_constant=lambda c: _reject_constant(c))
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid JSON (nested too deeply); expected a {what}") from None
-    except ValueError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); expected a {what}") from None
-
-
-def _reject_constant(token):
-    raise ValueError(f"{token} is not a JSON value")
-
-
-# Upper bounds on sizes: far above every Gemma 3n checkpoint (the E4B value is in the comment), low enough
-# that a typo (or a hostile file) is refused before a list, table or cache of that size is allocated.
-LIMITS = {
-    "num_hidden_layers": 1024,                 # 35
-    "vocab_size": 1 << 24,                     # 262,400
-    "vocab_size_per_layer_input": 1 << 24,     # 262,144
-    "hidden_size": 1 << 16,                    # 2048
-    "hidden_size_per_layer_input": 1 << 16,    # 256
-    "intermediate_size": 1 << 20,              # 16,384
-    "num_attention_heads": 1024,               # 8
-    "num_key_value_heads": 1024,               # 2
-    "head_dim": 1 << 14,                       # 256
-    "laurel_rank": 1 << 16,                    # 64
-    "altup_num_inputs": 64,                    # 4
-    "sliding_window": 1 << 24,                 # 512
-    "max_position_embeddings": 1 << 24,        # 32,768
-}
-
-
-def _type_name(v) -> str:
-    return "null" if v is None else {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-                                     list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_types(cls, d: dict, where: str = "") -> None:
-    """Every key of ``d`` that is a field of dataclass ``cls`` must have the type of the field's default
-    (int, finite number, bool, str, list); fields listed in ``cls._TYPES`` use that rule instead."""
-    special = getattr(cls, "_TYPES", {})
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v, key = d[f.name], where + f.name
-        if f.name in special:
-            ok, want = special[f.name](v)
-        else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if isinstance(default, bool):
-                ok, want = isinstance(v, bool), "true or false"
-            elif isinstance(default, int):
-                ok, want = _is_int(v), "an integer"
-            elif isinstance(default, float):
-                ok, want = _is_number(v), "a finite number"
-            elif isinstance(default, str):
-                ok, want = isinstance(v, str), "a string"
-            elif isinstance(default, list):
-                ok, want = isinstance(v, list), "a list"
-            else:
-                continue
-        if not ok:
-            raise ConfigError(f"config key '{key}': must be {want}, got {_type_name(v)} {json.dumps(v)[:60]}")
-        if f.name in LIMITS and cls.__name__ == "TextConfig":
-            values = v if isinstance(v, list) else [v]
-            big = [x for x in values if _is_int(x) and x > LIMITS[f.name]]
-            _require(not big, key, f"{big[:1][0] if big else 0:,} is beyond minig3n's limit of "
-                                   f"{LIMITS[f.name]:,} (refused before allocating anything)")
-
-
-def _int_or_int_list(v):
-    return (_is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
-            "an integer or a list of integers (one per layer)")
-
-
-def _optional_int_or_list(v):
-    return v is None or _int_or_int_list(v)[0], "an integer, a list of integers, or null"
-
-
-def _optional_positive(v):
-    return v is None or (_is_number(v) and v > 0), "a positive finite number or null"
-
-
-def _optional_str_list(v):
-    return v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of strings or null"
-
-
-def _sparsity(v):
-    return (v is None or _is_number(v) or (isinstance(v, list) and all(_is_number(x) for x in v)),
-            "a number, a list of numbers (one per layer), or null")
 
 
 @dataclass
@@ -206,31 +90,31 @@ class TextConfig:
     activation_sparsity_pattern: Any = None    # default: 0.95 on the first 10 layers if L > 10
 
     _TYPES = {  # fields whose type is not the type of their default (see _check_types)
-        "intermediate_size": _int_or_int_list, "eos_token_id": _optional_int_or_list,
-        "layer_types": _optional_str_list, "activation_sparsity_pattern": _sparsity,
-        "final_logit_softcapping": _optional_positive, "altup_coef_clip": _optional_positive,
-        "pad_token_id": lambda v: (v is None or _is_int(v), "an integer or null"),
+        "intermediate_size": int_or_int_list, "eos_token_id": optional_int_or_list,
+        "layer_types": optional_str_list, "activation_sparsity_pattern": sparsity,
+        "final_logit_softcapping": optional_positive, "altup_coef_clip": optional_positive,
+        "pad_token_id": lambda v: (v is None or is_int(v), "an integer or null"),
     }
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "") -> "TextConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"config key '{where.rstrip('.') or 'text_config'}': must be an object, "
-                              f"got {_type_name(d)}")
+                              f"got {type_name(d)}")
         d = dict(d)
         # transformers >= 5 writes rope settings as rope_parameters{full_attention, sliding_attention};
         # older files carry rope_theta / rope_local_base_freq at the top level. Accept both.
         rope = d.pop("rope_parameters", None) or {}
-        _require(isinstance(rope, dict), where + "rope_parameters", f"must be an object, got {_type_name(rope)}")
+        require(isinstance(rope, dict), where + "rope_parameters", f"must be an object, got {type_name(rope)}")
         for layer_type, key in ((FULL, "rope_theta"), (SLIDING, "rope_local_base_freq")):
             sub = rope.get(layer_type) or {}
-            _require(isinstance(sub, dict), f"{where}rope_parameters.{layer_type}",
-                     f"must be an object, got {_type_name(sub)}")
-            _require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
+            require(isinstance(sub, dict), f"{where}rope_parameters.{layer_type}",
+                     f"must be an object, got {type_name(sub)}")
+            require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
                      "only 'default' RoPE is used by Gemma 3n")
             if "rope_theta" in sub:
                 d[key] = sub["rope_theta"]
-        _check_types(cls, d, where)
+        check_types(cls, d, where)
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
@@ -252,53 +136,48 @@ class TextConfig:
 
     def validate(self) -> None:
         L = self.num_hidden_layers
-        _require(L >= 1, "num_hidden_layers", "must be at least 1")
+        require(L >= 1, "num_hidden_layers", "must be at least 1")
         for key in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                     "hidden_size_per_layer_input", "laurel_rank", "altup_num_inputs", "sliding_window",
                     "max_position_embeddings", "vocab_size_per_layer_input"):
-            _require(int(getattr(self, key)) >= 1, key, f"must be a positive integer, got {getattr(self, key)!r}")
-        _require(len(self.intermediate_size) == L, "intermediate_size",
+            require(int(getattr(self, key)) >= 1, key, f"must be a positive integer, got {getattr(self, key)!r}")
+        require(len(self.intermediate_size) == L, "intermediate_size",
                  f"a list needs one entry per layer: num_hidden_layers={L}, got {len(self.intermediate_size)}")
-        _require(all(int(i) >= 1 for i in self.intermediate_size), "intermediate_size", "entries must be >= 1")
-        _require(len(self.layer_types) == L, "layer_types",
+        require(all(int(i) >= 1 for i in self.intermediate_size), "intermediate_size", "entries must be >= 1")
+        require(len(self.layer_types) == L, "layer_types",
                  f"needs one entry per layer: num_hidden_layers={L}, got {len(self.layer_types)}")
         bad = sorted(set(self.layer_types) - {SLIDING, FULL})
-        _require(not bad, "layer_types", f"entries must be '{SLIDING}' or '{FULL}', got {bad}")
-        _require(len(self.activation_sparsity_pattern) == L, "activation_sparsity_pattern",
+        require(not bad, "layer_types", f"entries must be '{SLIDING}' or '{FULL}', got {bad}")
+        require(len(self.activation_sparsity_pattern) == L, "activation_sparsity_pattern",
                  f"needs one entry per layer: num_hidden_layers={L}, got {len(self.activation_sparsity_pattern)}")
-        _require(all(0.0 <= s < 1.0 for s in self.activation_sparsity_pattern), "activation_sparsity_pattern",
+        require(all(0.0 <= s < 1.0 for s in self.activation_sparsity_pattern), "activation_sparsity_pattern",
                  "entries must lie in [0, 1)")
-        _require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+        require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
                  f"must divide hidden_size ({self.hidden_size} % {self.num_attention_heads} != 0)")
-        _require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+        require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
                  f"must divide num_attention_heads ({self.num_attention_heads} % {self.num_key_value_heads} != 0)")
-        _require(self.head_dim % 2 == 0, "head_dim", "must be even (rotate-half RoPE)")
-        _require(0 <= self.altup_active_idx < self.altup_num_inputs, "altup_active_idx",
+        require(self.head_dim % 2 == 0, "head_dim", "must be even (rotate-half RoPE)")
+        require(0 <= self.altup_active_idx < self.altup_num_inputs, "altup_active_idx",
                  f"must lie in [0, altup_num_inputs={self.altup_num_inputs})")
-        _require(self.vocab_size_per_layer_input <= self.vocab_size, "vocab_size_per_layer_input",
+        require(self.vocab_size_per_layer_input <= self.vocab_size, "vocab_size_per_layer_input",
                  f"must not exceed vocab_size ({self.vocab_size})")
-        _require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
+        require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
                  f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
-        _require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
+        require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
         for key in ("rms_norm_eps", "rope_theta", "rope_local_base_freq"):
             v = getattr(self, key)
-            _require(_is_number(v) and v > 0, key, f"must be a positive finite number, got {v!r}")
+            require(is_number(v) and v > 0, key, f"must be a positive finite number, got {v!r}")
         for key in ("final_logit_softcapping", "altup_coef_clip"):
             v = getattr(self, key)
-            _require(v is None or (_is_number(v) and v > 0), key,
+            require(v is None or (is_number(v) and v > 0), key,
                      f"must be a positive finite number or null (off), got {v!r}")
-        _require(all(0 <= i < self.vocab_size for i in self.eos_token_ids), "eos_token_id",
+        require(all(0 <= i < self.vocab_size for i in self.eos_token_ids), "eos_token_id",
                  f"must be token ids below vocab_size={self.vocab_size}, got {self.eos_token_id!r}")
-        _require(0 <= self.bos_token_id < self.vocab_size, "bos_token_id",
+        require(0 <= self.bos_token_id < self.vocab_size, "bos_token_id",
                  f"must be a token id below vocab_size={self.vocab_size}, got {self.bos_token_id!r}")
-        _require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
+        require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
                  f"must lie in [0, num_hidden_layers={L})")
-        if self.num_kv_shared_layers:
-            first = L - self.num_kv_shared_layers
-            missing = sorted(set(self.layer_types[first:]) - set(self.layer_types[:first]))
-            _require(not missing, "num_kv_shared_layers",
-                     f"layers {first}..{L - 1} reuse K/V of an earlier layer of their type, but no layer before "
-                     f"{first} is of type {missing}: that type would have no producer")
+        kv_sharing_modes(self)   # every KV-shared layer's type needs a producer (the rule lives in kv_share)
 
     # Derived quantities -------------------------------------------------------------------------------
     @property
@@ -346,8 +225,8 @@ class AudioConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
-        _require(isinstance(d, dict), "audio_config", f"must be an object, got {_type_name(d)}")
-        _check_types(cls, d, "audio_config.")
+        require(isinstance(d, dict), "audio_config", f"must be an object, got {type_name(d)}")
+        check_types(cls, d, "audio_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
@@ -355,16 +234,16 @@ class AudioConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if _is_int(v) and f.name not in ("conf_attention_context_right",):
-                _require(1 <= v <= (1 << 24), f"audio_config.{f.name}", f"must be an integer in [1, 2**24], got {v}")
+            if is_int(v) and f.name not in ("conf_attention_context_right",):
+                require(1 <= v <= (1 << 24), f"audio_config.{f.name}", f"must be an integer in [1, 2**24], got {v}")
             elif isinstance(v, float):
-                _require(v > 0, f"audio_config.{f.name}", f"must be a positive finite number, got {v}")
-        _require(0 <= self.conf_attention_context_right <= 1 << 24, "audio_config.conf_attention_context_right",
+                require(v > 0, f"audio_config.{f.name}", f"must be a positive finite number, got {v}")
+        require(0 <= self.conf_attention_context_right <= 1 << 24, "audio_config.conf_attention_context_right",
                  f"must be an integer >= 0, got {self.conf_attention_context_right}")
-        _require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
+        require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
                  f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
-        _require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
-        _require(self.conf_attention_context_left >= 1, "audio_config.conf_attention_context_left", "must be >= 1")
+        require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
+        require(self.conf_attention_context_left >= 1, "audio_config.conf_attention_context_left", "must be >= 1")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "model_type": "gemma3n_audio"}
@@ -376,7 +255,7 @@ class VisionConfig:
 
     ``architecture`` names a timm model; minig3n knows ``mobilenetv5_300m_enc``. For small encoders
     ``model_args`` carries ``arch_def`` (list of stages, each a list of block strings in timm's notation)
-    and ``stem_size``; see ``mobilenetv5.py``.
+    and ``stem_size``; see ``mobilenetv5_arch.py``.
     """
 
     architecture: str = "mobilenetv5_300m_enc"
@@ -389,8 +268,8 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisionConfig":
-        _require(isinstance(d, dict), "vision_config", f"must be an object, got {_type_name(d)}")
-        _check_types(cls, d, "vision_config.")
+        require(isinstance(d, dict), "vision_config", f"must be an object, got {type_name(d)}")
+        check_types(cls, d, "vision_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
@@ -400,10 +279,10 @@ class VisionConfig:
     def validate(self) -> None:
         for key in ("hidden_size", "vocab_size", "vocab_offset"):
             v = getattr(self, key)
-            _require(1 <= v <= (1 << 24), f"vision_config.{key}", f"must be an integer in [1, 2**24], got {v}")
-        _require(self.rms_norm_eps > 0, "vision_config.rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
+            require(1 <= v <= (1 << 24), f"vision_config.{key}", f"must be an integer in [1, 2**24], got {v}")
+        require(self.rms_norm_eps > 0, "vision_config.rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
         if self.architecture != "mobilenetv5_300m_enc":
-            _require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
+            require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
                      f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
                      "must describe the block specs")
 
@@ -435,23 +314,28 @@ class Gemma3nConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "Gemma3nConfig":
         if not isinstance(d, dict):
-            raise ConfigError(f"config.json must hold a JSON object, got {_type_name(d)}")
+            raise ConfigError(f"config.json must hold a JSON object, got {type_name(d)}")
         model_type = d.get("model_type", "gemma3n")
         if model_type == "gemma3n_text":
             return cls(text=TextConfig.from_dict(d), model_type="gemma3n_text")
-        _require(model_type == "gemma3n", "model_type", f"expected 'gemma3n' or 'gemma3n_text', got {model_type!r}")
-        _require(isinstance(d.get("text_config"), dict), "text_config", "a gemma3n config needs a text_config")
+        require(model_type == "gemma3n", "model_type", f"expected 'gemma3n' or 'gemma3n_text', got {model_type!r}")
+        require(isinstance(d.get("text_config"), dict), "text_config", "a gemma3n config needs a text_config")
         top = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}
                and k not in ("text", "audio", "vision", "model_type")}
-        _check_types(cls, top)
+        check_types(cls, top)
         cfg = cls(text=TextConfig.from_dict(d["text_config"], "text_config."),
                   audio=AudioConfig.from_dict(d.get("audio_config") or {}),
                   vision=VisionConfig.from_dict(d.get("vision_config") or {}), **top)
         V = cfg.text.vocab_size
         for key in ("eoi_token_id", "image_token_id", "eoa_token_id", "audio_token_id", "boi_token_id",
                     "boa_token_id"):
-            _require(0 <= getattr(cfg, key) < V, key, f"must be a token id below text_config.vocab_size={V}")
+            require(0 <= getattr(cfg, key) < V, key, f"must be a token id below text_config.vocab_size={V}")
         return cfg
+
+    @classmethod
+    def from_pretrained(cls, model_dir) -> "Gemma3nConfig":
+        """The config of a checkpoint directory (its ``config.json``), as ``transformers`` names it."""
+        return cls.from_file(Path(model_dir) / "config.json")
 
     @classmethod
     def from_file(cls, path) -> "Gemma3nConfig":
@@ -460,7 +344,7 @@ class Gemma3nConfig:
             raise ConfigError(f"{path}: no config.json here (a checkpoint directory needs one)")
         d = read_json(path, "config.json")
         if not isinstance(d, dict):
-            raise ConfigError(f"{path}: must hold a JSON object (the model config), got {_type_name(d)}")
+            raise ConfigError(f"{path}: must hold a JSON object (the model config), got {type_name(d)}")
         try:
             return cls.from_dict(d)
         except ConfigError as e:
@@ -482,7 +366,7 @@ class Gemma3nConfig:
 # (convert_gemma3n_weights.py, _VARIANTS["gemma-3n-e4b"]) uses as they are.
 # E2B: the converter's _VARIANTS["gemma-3n-e2b"]: intermediate_size 8192, num_hidden_layers 30,
 # activation_sparsity_pattern (0.95,)*10 + (0.0,)*20, num_kv_shared_layers 10; everything else as E4B.
-# Both agree with ../shared/docs/gemma3n_numerics.md section 5 and with the official config.json files.
+# Both agree with docs/NUMERICS.md §5 and with the official config.json files.
 # Audio and vision: class defaults (the same in both checkpoints). Special ids: Gemma3nConfig defaults.
 
 def e4b_config() -> Gemma3nConfig:

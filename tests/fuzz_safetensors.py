@@ -31,7 +31,8 @@ from collections import Counter
 
 import numpy as np
 
-from minig3n.checkpoint import _BITS, _STORAGE, SafetensorsFile
+from minig3n.safetensors_header import _BITS
+from minig3n.safetensors_io import STORAGE as _STORAGE, SafetensorsFile
 from minig3n.errors import CheckpointError
 
 DTYPES = list(_BITS)

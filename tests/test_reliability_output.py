@@ -59,7 +59,7 @@ def test_directory_output(tmp_path):
 
 
 def _full_disk(monkeypatch):
-    """Every write to a file minig3n.checkpoint opens for writing fails as on a full disk."""
+    """Every write to a file minig3n.safetensors_io opens for writing fails as on a full disk."""
     import builtins
 
     class Full:
@@ -76,7 +76,7 @@ def _full_disk(monkeypatch):
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr("minig3n.checkpoint.open", lambda p, mode="r": Full(builtins.open(p, mode)) if "w" in mode
+    monkeypatch.setattr("minig3n.safetensors_io.open", lambda p, mode="r": Full(builtins.open(p, mode)) if "w" in mode
                         else builtins.open(p, mode), raising=False)
 
 
@@ -108,7 +108,7 @@ def test_permission_denied(tmp_path, monkeypatch):
 
 SIGNAL_SNIPPET = textwrap.dedent("""
     import builtins, os, signal, sys
-    import minig3n.checkpoint as ck
+    import minig3n.safetensors_io as ck
     from minig3n.cli import main
     sig = getattr(signal, sys.argv[1])
 
