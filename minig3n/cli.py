@@ -55,7 +55,11 @@ def main(argv=None) -> int:
         return 2
     try:
         check_text_arguments(args)
-        return int(args._run(args) or 0)
+        import numpy as np
+        # NaN / infinity is caught by name where it first appears (finite.py), so NumPy's own floating-point
+        # warnings would only add lines to the one-line error
+        with np.errstate(all="ignore"):
+            return int(args._run(args) or 0)
     except Minig3nError as e:
         print(f"minig3n {args._name}: error: {e}", file=sys.stderr)
         return 2

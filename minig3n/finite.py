@@ -21,30 +21,37 @@ def all_finite(*arrays) -> bool:
     return all(not np.issubdtype(np.asarray(a).dtype, np.floating) or bool(np.isfinite(a).all()) for a in arrays)
 
 
+class NonFinite(Exception):
+    """Raised by a forward's cheap check: ``where`` names the module whose output went non-finite."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+
 class _Found(Exception):
     def __init__(self, name: str, array: np.ndarray):
         self.name, self.array = name, array
 
 
-def recorder_stopping_at_nonfinite():
-    """A ``rec(name, array)`` callback that raises ``_Found`` at the first non-finite array it is given."""
-    def rec(name, array):
+class StopAtNonFinite(dict):
+    """A ``trace`` dict that raises ``_Found`` at the first non-finite tensor stored in it."""
+
+    def __setitem__(self, name, array):
         if not all_finite(array):
             raise _Found(name, np.asarray(array))
-    return rec
+        super().__setitem__(name, array)
 
 
 def locate(rerun, fallback: str) -> NumericsError:
-    """Run ``rerun(rec)`` (the failed forward again, recording) and return the NumericsError naming the first
-    non-finite tensor; ``fallback`` names the checkpoint where the cheap check failed, if no traced tensor
-    shows it (the value went bad inside a module and was masked out of its traced output)."""
+    """Run ``rerun(trace)`` (the failed forward again, recording into ``trace``) and return the NumericsError
+    naming the first non-finite traced tensor; ``fallback`` names the module where the cheap check failed,
+    used if no traced tensor shows it (traces keep batch row 0 only; the value may be in another row)."""
     try:
-        rerun(recorder_stopping_at_nonfinite())
+        rerun(StopAtNonFinite())
     except _Found as f:
         a = f.array
         bad = int(np.size(a) - np.isfinite(a).sum())
-        kinds = "NaN" if np.isnan(a).any() and not np.isinf(a).any() else (
-            "infinite" if not np.isnan(a).any() else "NaN or infinite")
+        kinds = ("NaN" if not np.isinf(a).any() else "infinite" if not np.isnan(a).any() else "NaN or infinite")
         return NumericsError(f"{f.name}: {bad} of {np.size(a)} values are {kinds} (the first non-finite tensor of "
                              "the forward pass; corrupt weights, or a config the numbers cannot take?)")
     return NumericsError(f"{fallback}: produced NaN or infinite values (corrupt weights, or a config the numbers "
