@@ -86,6 +86,8 @@ def atomic_output(target, directory: bool = False):
             done = True
         except OSError as e:
             raise OutputError(f"cannot write {target}: {_describe(e)}") from None
+    except OutputError as e:             # a file written inside a temporary directory: name its final place
+        raise OutputError(str(e).replace(str(tmp), str(target))) from None
     except _Terminated:
         _remove(tmp)
         if caught:                       # clean-up done: now die of SIGTERM, as the sender asked

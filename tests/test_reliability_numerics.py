@@ -37,7 +37,8 @@ def corrupt(src, dst, name, value=np.nan, index=0):
 def first_nonfinite_by_full_trace(model_dir, ids):
     model = decoder.load_text_model(model_dir)
     trace = {}
-    decoder._forward(model, np.asarray([ids]), trace=trace, check=False)
+    with np.errstate(all="ignore"):
+        decoder._forward(model, np.asarray([ids]), trace=trace, check=False)
     return next(k for k, v in trace.items() if not np.isfinite(v).all())
 
 

@@ -135,3 +135,47 @@ def test_signal_during_trace_write_leaves_nothing(tmp_path, sig, code):
     assert r.returncode == code, r.stderr.decode()
     assert os.listdir(tmp_path) == []
     assert b"Traceback" not in r.stderr
+
+
+SLICE_SNIPPET = textwrap.dedent("""
+    import os, signal, sys
+    from minig3n import matformer
+    from minig3n.cli import main
+    real = matformer._write_shard
+
+    def write_then_signal(path, entries, ckpt):     # the shard is written, then SIGTERM arrives
+        n = real(path, entries, ckpt)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return n
+
+    matformer._write_shard = write_then_signal
+    sys.exit(main(["slice", "--model", sys.argv[1], "--out", sys.argv[2], "--skip-layers", "3"]))
+""")
+
+
+def test_sigterm_during_slice_leaves_no_partial_directory(tmp_path):
+    from tests.conftest import TINY
+    r = subprocess.run([sys.executable, "-c", SLICE_SNIPPET, str(TINY), str(tmp_path / "cut")], capture_output=True,
+                       env=ENV, timeout=120)
+    assert r.returncode == -signal.SIGTERM, r.stderr.decode()
+    assert os.listdir(tmp_path) == []                      # no "cut", no ".cut.*.partial"
+
+
+def test_slice_on_a_read_only_disk(capsys, tmp_path, monkeypatch):
+    from tests.conftest import TINY
+
+    def rofs(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr("minig3n.atomic.tempfile.mkdtemp", rofs)
+    code, _, err = cli(capsys, "slice", "--model", TINY, "--out", tmp_path / "cut", "--skip-layers", "3")
+    assert_one_line_error(code, err, "slice", tmp_path / "cut", "Read-only file system")
+    assert os.listdir(tmp_path) == []
+
+
+def test_slice_on_a_full_disk(capsys, tmp_path, monkeypatch):
+    from tests.conftest import TINY
+    _full_disk(monkeypatch)
+    code, _, err = cli(capsys, "slice", "--model", TINY, "--out", tmp_path / "cut", "--skip-layers", "3")
+    assert_one_line_error(code, err, "slice", f"cannot write {tmp_path / 'cut' / 'model.safetensors'}: "
+                          "No space left on device")
+    assert os.listdir(tmp_path) == []
