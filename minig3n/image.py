@@ -117,6 +117,8 @@ def load_image_config(source=None) -> ImageConfig:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: preprocessor config not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a JSON preprocessor config") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a JSON preprocessor config ({e})") from None
     if not isinstance(d, dict):
