@@ -187,7 +187,7 @@ def load_audio(source, sampling_rate: int | None = None) -> np.ndarray:
     x = check_waveform(to_mono(x), what)
     y = check_waveform(resample(x, rate), what)
     if y.shape[0] > MAX_LENGTH:
-        print(f"minig3n: note: {what} is {seconds:.1f} s long; only its first {MAX_SECONDS} s are used (the model reads "
-              f"at most {MAX_LENGTH} samples at {SAMPLING_RATE} Hz)", file=sys.stderr)
+        print(f"minig3n: note: {what} is {seconds:.1f} s long; only its first {MAX_SECONDS} s are used "
+              f"(the model reads at most {MAX_LENGTH} samples at {SAMPLING_RATE} Hz)", file=sys.stderr)
         y = y[:MAX_LENGTH]
     return y

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_checks import (int_or_int_list, is_int, is_number, optional_int_or_list,
-                            optional_positive, optional_str_list, require, sparsity, type_name, check_types,
-                            read_json)
+from .config_checks import (check_types, int_or_int_list, is_int, is_number, optional_int_or_list, optional_positive,
+                            optional_str_list, read_json, require, sparsity, type_name)
 from .errors import ConfigError
 from .kv_share import kv_sharing_modes
 
@@ -51,8 +50,6 @@ def _known(cls, d: dict) -> dict:
     """Keep only the keys that are fields of dataclass ``cls`` (unknown keys are ignored, as documented)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}
-
-
 
 
 @dataclass
@@ -89,7 +86,7 @@ class TextConfig:
     laurel_rank: int = 64                      # R
     activation_sparsity_pattern: Any = None    # default: 0.95 on the first 10 layers if L > 10
 
-    _TYPES = {  # fields whose type is not the type of their default (see _check_types)
+    _TYPES = {  # fields whose type is not the type of their default (see config_checks.check_types)
         "intermediate_size": int_or_int_list, "eos_token_id": optional_int_or_list,
         "layer_types": optional_str_list, "activation_sparsity_pattern": sparsity,
         "final_logit_softcapping": optional_positive, "altup_coef_clip": optional_positive,
@@ -109,9 +106,9 @@ class TextConfig:
         for layer_type, key in ((FULL, "rope_theta"), (SLIDING, "rope_local_base_freq")):
             sub = rope.get(layer_type) or {}
             require(isinstance(sub, dict), f"{where}rope_parameters.{layer_type}",
-                     f"must be an object, got {type_name(sub)}")
+                    f"must be an object, got {type_name(sub)}")
             require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
-                     "only 'default' RoPE is used by Gemma 3n")
+                    "only 'default' RoPE is used by Gemma 3n")
             if "rope_theta" in sub:
                 d[key] = sub["rope_theta"]
         check_types(cls, d, where)
@@ -142,27 +139,27 @@ class TextConfig:
                     "max_position_embeddings", "vocab_size_per_layer_input"):
             require(int(getattr(self, key)) >= 1, key, f"must be a positive integer, got {getattr(self, key)!r}")
         require(len(self.intermediate_size) == L, "intermediate_size",
-                 f"a list needs one entry per layer: num_hidden_layers={L}, got {len(self.intermediate_size)}")
+                f"a list needs one entry per layer: num_hidden_layers={L}, got {len(self.intermediate_size)}")
         require(all(int(i) >= 1 for i in self.intermediate_size), "intermediate_size", "entries must be >= 1")
         require(len(self.layer_types) == L, "layer_types",
-                 f"needs one entry per layer: num_hidden_layers={L}, got {len(self.layer_types)}")
+                f"needs one entry per layer: num_hidden_layers={L}, got {len(self.layer_types)}")
         bad = sorted(set(self.layer_types) - {SLIDING, FULL})
         require(not bad, "layer_types", f"entries must be '{SLIDING}' or '{FULL}', got {bad}")
         require(len(self.activation_sparsity_pattern) == L, "activation_sparsity_pattern",
-                 f"needs one entry per layer: num_hidden_layers={L}, got {len(self.activation_sparsity_pattern)}")
+                f"needs one entry per layer: num_hidden_layers={L}, got {len(self.activation_sparsity_pattern)}")
         require(all(0.0 <= s < 1.0 for s in self.activation_sparsity_pattern), "activation_sparsity_pattern",
-                 "entries must lie in [0, 1)")
+                "entries must lie in [0, 1)")
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"must divide hidden_size ({self.hidden_size} % {self.num_attention_heads} != 0)")
+                f"must divide hidden_size ({self.hidden_size} % {self.num_attention_heads} != 0)")
         require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-                 f"must divide num_attention_heads ({self.num_attention_heads} % {self.num_key_value_heads} != 0)")
+                f"must divide num_attention_heads ({self.num_attention_heads} % {self.num_key_value_heads} != 0)")
         require(self.head_dim % 2 == 0, "head_dim", "must be even (rotate-half RoPE)")
         require(0 <= self.altup_active_idx < self.altup_num_inputs, "altup_active_idx",
-                 f"must lie in [0, altup_num_inputs={self.altup_num_inputs})")
+                f"must lie in [0, altup_num_inputs={self.altup_num_inputs})")
         require(self.vocab_size_per_layer_input <= self.vocab_size, "vocab_size_per_layer_input",
-                 f"must not exceed vocab_size ({self.vocab_size})")
+                f"must not exceed vocab_size ({self.vocab_size})")
         require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
-                 f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
+                f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
         require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
         for key in ("rms_norm_eps", "rope_theta", "rope_local_base_freq"):
             v = getattr(self, key)
@@ -170,13 +167,13 @@ class TextConfig:
         for key in ("final_logit_softcapping", "altup_coef_clip"):
             v = getattr(self, key)
             require(v is None or (is_number(v) and v > 0), key,
-                     f"must be a positive finite number or null (off), got {v!r}")
+                    f"must be a positive finite number or null (off), got {v!r}")
         require(all(0 <= i < self.vocab_size for i in self.eos_token_ids), "eos_token_id",
-                 f"must be token ids below vocab_size={self.vocab_size}, got {self.eos_token_id!r}")
+                f"must be token ids below vocab_size={self.vocab_size}, got {self.eos_token_id!r}")
         require(0 <= self.bos_token_id < self.vocab_size, "bos_token_id",
-                 f"must be a token id below vocab_size={self.vocab_size}, got {self.bos_token_id!r}")
+                f"must be a token id below vocab_size={self.vocab_size}, got {self.bos_token_id!r}")
         require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
-                 f"must lie in [0, num_hidden_layers={L})")
+                f"must lie in [0, num_hidden_layers={L})")
         kv_sharing_modes(self)   # every KV-shared layer's type needs a producer (the rule lives in kv_share)
 
     # Derived quantities -------------------------------------------------------------------------------
@@ -239,9 +236,9 @@ class AudioConfig:
             elif isinstance(v, float):
                 require(v > 0, f"audio_config.{f.name}", f"must be a positive finite number, got {v}")
         require(0 <= self.conf_attention_context_right <= 1 << 24, "audio_config.conf_attention_context_right",
-                 f"must be an integer >= 0, got {self.conf_attention_context_right}")
+                f"must be an integer >= 0, got {self.conf_attention_context_right}")
         require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
-                 f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
+                f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
         require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
         require(self.conf_attention_context_left >= 1, "audio_config.conf_attention_context_left", "must be >= 1")
 
@@ -283,8 +280,8 @@ class VisionConfig:
         require(self.rms_norm_eps > 0, "vision_config.rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
         if self.architecture != "mobilenetv5_300m_enc":
             require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
-                     f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
-                     "must describe the block specs")
+                    f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
+                    "must describe the block specs")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "model_type": "gemma3n_vision"}

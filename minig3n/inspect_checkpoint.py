@@ -2,8 +2,9 @@
 
 Prints the config summary, then each tensor the decoder reads with its stored dtype and shape, and fails
 (exit 2) naming the first tensor that is missing or has the wrong shape, or a ``tokenizer.model`` that is
-not a sentencepiece model or does not fit the config (more pieces than ``vocab_size``, ``<bos>`` elsewhere). Tensors present but never read
-(the k/v projections of KV-shared layers, ``lm_head.weight``) are listed as unused, not rejected.
+not a sentencepiece model or does not fit the config (more pieces than ``vocab_size``, ``<bos>`` elsewhere).
+Tensors present but never read (the k/v projections of KV-shared layers, ``lm_head.weight``) are listed as
+unused, not rejected.
 """
 from __future__ import annotations
 

@@ -233,10 +233,11 @@ def _check_finite_block(block: np.ndarray, src, t: TensorPlan, r0: int) -> None:
     else:
         bad = ~np.isfinite(block)
     if bad.any():
-        first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        first = [int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape)]
+        if first:
+            first[0] += r0                                                             # block row -> tensor row
         raise CheckpointError(f"{src.path}: tensor '{t.src}' holds {int(bad.sum())} NaN or infinite value(s) "
-                              f"(first at output index {[int(i) + (r0 if k == 0 else 0) for k, i in enumerate(first)]}); "
-                              "slice refuses to copy a corrupt tensor")
+                              f"(first at output index {first}); slice refuses to copy a corrupt tensor")
 
 
 def _write_shard(path: Path, entries: list, ckpt: Checkpoint) -> int:

@@ -55,7 +55,8 @@ def test_bad_wav_header_one_line(capsys, tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
 
 
-@pytest.mark.parametrize("data,words", [(wav_bytes()[:30], "truncated WAV file: the fmt chunk ends at byte 36, the file has 30"),
+@pytest.mark.parametrize("data,words", [(wav_bytes()[:30],
+                                         "truncated WAV file: the fmt chunk ends at byte 36, the file has 30"),
                                         (wav_bytes()[:40], "no data chunk"), (b"RIFF", "no RIFF/WAVE header"),
                                         (b"", "no RIFF/WAVE header"), (b"x" * 30, "no RIFF/WAVE header")],
                          ids=["30-byte file", "40-byte file", "4-byte file", "empty file", "30 bytes of text"])
