@@ -114,5 +114,6 @@ def test_real_stderr_is_one_line(tmp_path):
                         "--max-new-tokens", "3"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.splitlines() == [r.stderr.strip()] and "model.layers.4.mlp: " in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if not ln.endswith(" ...")]   # a busy machine's progress notice
+    assert len(lines) == 1 and lines[0].startswith("minig3n generate: error: model.layers.4.mlp: "), r.stderr
 
