@@ -52,10 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .image_rgb import _array_to_rgb, _pil_to_rgb, open_image, to_rgb
+from .image_rgb import MAX_PIXELS, _array_to_rgb, _pil_to_rgb, check_pixel_count, open_image, to_rgb
 
 __all__ = ["BACKENDS", "ImageConfig", "load_image_config", "open_image", "to_rgb", "preprocess_image",
-           "preprocess_images", "_array_to_rgb", "_pil_to_rgb"]
+           "preprocess_images", "MAX_PIXELS", "check_pixel_count", "_array_to_rgb", "_pil_to_rgb"]
 
 
 BACKENDS = ("torchvision", "pil")
@@ -133,6 +133,8 @@ def load_image_config(source=None) -> ImageConfig:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: preprocessor config not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a JSON preprocessor config") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a JSON preprocessor config ({e})") from None
     if not isinstance(d, dict):

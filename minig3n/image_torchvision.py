@@ -12,11 +12,12 @@ Left out: filters other than BILINEAR and BICUBIC, 16-bit colour PNG files, AVIF
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .image_rgb import _array_to_rgb, _pil_to_rgb, to_rgb
+from .image_rgb import _array_to_rgb, _pil_to_rgb, check_pixel_count, to_rgb
 
 # What it does differently from the PIL backend, step by step (transformers 5.24 TorchvisionBackend, torchvision
 # 0.29 resize, torch 2.14's uint8 antialiased interpolation):
@@ -52,11 +53,17 @@ def decode_like_torchvision(path) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = os.fspath(path)
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a directory, expected an image file")
     if not os.path.isfile(p):
         raise InputError(f"image file not found: {p}")
     png = _png_bit_depth(p)
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():                # Pillow's bomb warning: check_pixel_count refuses below it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)                         # the header only: the size is known, the pixels are not
+        with im:
+            check_pixel_count(im.width, im.height, p)
             im.load()
             if im.format not in ("PNG", "JPEG", "GIF", "WEBP"):
                 raise InputError(f"{p}: the torchvision image backend decodes PNG, JPEG, GIF and WebP files only "

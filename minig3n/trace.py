@@ -182,6 +182,8 @@ def run_trace(args) -> int:
     from .decoder import load_text_model
     if not Path(args.out).resolve().parent.is_dir():
         raise InputError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
+    if Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: is a directory; give the name of the .safetensors file to write")
     if args.decode_steps < 0:
         raise InputError(f"--decode-steps {args.decode_steps}: expected a number of steps >= 0")
     media = getattr(args, "image", None) or getattr(args, "audio", None)
