@@ -4,8 +4,8 @@ hear spoken digits, run by minig3n (NumPy tier, no torch).
 What is checked: the checkpoint is a full ``gemma3n`` one (custom MobileNetV5 with MSFA, USM conformer, the
 nano decoder) in the layout and size the model card states; minig3n's greedy answers on the committed held-out
 files (``heldout/``: 3 images and 3 clips of every digit, drawn from seeds the training never used) are the
-digit followed by ``<end_of_turn>``; the issue's targets (>= 90 % per modality) are strict xfails, because this
-checkpoint does not reach them (images at chance, spoken digits well above chance: see the model card);
+digit followed by ``<end_of_turn>``; spoken digits meet the issue's target (>= 90 % of the committed clips); images
+do not (the vision tower collapsed; the test asserts the measured floor, see the model card);
 ``minig3n generate --chat ... --image/--audio`` answers from the command line; and the decoder still models
 Shakespeare (perplexity on nano-gemma3n's held-out slice far below the unigram baseline).
 Training: ``tests/reference/nano_mm/``; model card: ``weights/nano-gemma3n-mm/README.md``.
@@ -28,7 +28,7 @@ MM = Path(__file__).resolve().parent.parent / "weights" / "nano-gemma3n-mm"
 NANO = MM.parent / "nano-gemma3n"
 HELDOUT = MM / "heldout"
 QUESTIONS = {"image": "What digit is this?", "audio": "Which digit was spoken?"}
-AUDIO_FLOOR = 0.5      # measured on these 30 files through minig3n (model card); chance is 0.1
+IMAGE_FLOOR = 0.1      # measured on these 30 files through minig3n: 3/30 (model card); chance is 0.1
 
 
 def labels() -> dict:
@@ -95,39 +95,47 @@ def heldout_answers(ask, kind: str) -> tuple[list[str], float]:
     return [t for t, _ in got], sum(right) / len(right)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 not done: the image tower did not learn in the training budget "
-                                       "(held-out accuracy at chance, see the model card)")
-def test_heldout_image_accuracy(ask):
-    got, acc = heldout_answers(ask, "image")
-    print(f"image accuracy {acc:.3f}; answers {got}")
-    assert acc >= 0.9
-
-
-@pytest.mark.xfail(strict=True, reason="issue 17 not done: spoken-digit accuracy is below the 90 % target "
-                                       "(see the model card)")
-def test_heldout_audio_accuracy_target(ask):
-    got, acc = heldout_answers(ask, "audio")
-    assert acc >= 0.9
-
-
-def test_heldout_audio_accuracy_far_above_chance(ask):
-    """What the checkpoint does reach on the committed clips: well above chance (10 %); answers are digits."""
+def test_heldout_audio_accuracy_meets_target(ask):
+    """Issue 17's target for speech: >= 90 % of the committed clips answered with the right digit (chance 10 %)."""
     got, acc = heldout_answers(ask, "audio")
     print(f"audio accuracy {acc:.3f}; answers {got}")
     assert all(len(t) == 1 and t.isdigit() for t in got), got
-    assert acc >= AUDIO_FLOOR
+    assert acc >= 0.9
+
+
+def test_heldout_image_accuracy_measured_floor(ask):
+    """Issue 17's image target (>= 90 %) is NOT met by this checkpoint: its vision tower collapsed to one output
+    for every image (model card, "What went wrong"). What it does reach on the 30 committed images, through
+    minig3n: IMAGE_FLOOR (the figure measured by tests/reference/nano_mm/evaluate.py, heldout_committed_eval.json);
+    every answer is a single digit."""
+    got, acc = heldout_answers(ask, "image")
+    print(f"image accuracy {acc:.3f}; answers {got}")
+    assert all(len(t) == 1 and t.isdigit() for t in got), got
+    assert acc >= IMAGE_FLOOR
+    recorded = json.loads((MM / "heldout_committed_eval.json").read_text())["image"]
+    assert got == recorded["answers"]                    # the card's figures are these answers
 
 
 def test_cli_answers_image_and_audio(capsys, ask):
-    """``minig3n generate --model weights/nano-gemma3n-mm --chat "What digit is this?" --image X`` (and
-    ``"Which digit was spoken?" --audio X``) prints the generator's greedy answer: one digit."""
-    for kind, flag in (("image", "--image"), ("audio", "--audio")):
-        path, digit = files(kind)[0]
-        code = A.run_cli(["generate", "--model", str(MM), "--chat", QUESTIONS[kind], flag, path])
+    """``minig3n generate --model weights/nano-gemma3n-mm --chat "Which digit was spoken?" --audio X`` prints the
+    right digit for committed clips of five different digits; with ``--image`` it prints the generator's greedy
+    answer (one digit; the image target is not met, see test_heldout_image_accuracy_measured_floor)."""
+    clips, seen = [], set()
+    for path, digit in files("audio"):
+        if digit not in seen and len(clips) < 5:
+            clips.append((path, digit))
+            seen.add(digit)
+    for path, digit in clips:
+        code = A.run_cli(["generate", "--model", str(MM), "--chat", QUESTIONS["audio"], "--audio", path])
         out, err = capsys.readouterr()
         assert code == 0, err
-        assert out.strip() == ask(kind, path)[0], (kind, path, out, err)
-        assert len(out.strip()) == 1 and out.strip().isdigit(), out
+        assert out.strip() == str(digit), (path, digit, out, err)
+    path, digit = files("image")[0]
+    code = A.run_cli(["generate", "--model", str(MM), "--chat", QUESTIONS["image"], "--image", path])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip() == ask("image", path)[0], (path, out, err)
+    assert len(out.strip()) == 1 and out.strip().isdigit(), out
 
 
 def test_keeps_text_ability():

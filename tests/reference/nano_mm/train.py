@@ -17,6 +17,9 @@ tokenizer, chat template), ``train_log.tsv`` (one row per step; held-out accurac
 steps) and ``train_summary.json``.
 
 ``--determinism-check N`` trains N steps twice from the seed and compares the loss sequences.
+``--init-from DIR`` warm-starts from a checkpoint this script wrote (the published checkpoint is two stages: the
+defaults, then ``--init-from <stage 1> --steps 450 --warmup 10 --lr 0.002 --vision-steps 0``: more steps for the
+spoken digits, which were still improving when the first schedule ended).
 """
 from __future__ import annotations
 
@@ -350,6 +353,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=30)
     p.add_argument("--save-every", type=int, default=30, help="also save the checkpoint every N steps (0: off)")
     p.add_argument("--determinism-check", type=int, default=0, metavar="N")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="warm start: load DIR/model.safetensors (a checkpoint this script wrote) over the fresh model "
+                        "before training (the second stage of the published run: more audio steps)")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N steps of the --steps schedule (0: run it all); the checkpoint saved at step N "
                         "by --save-every is this run's")
@@ -386,6 +392,12 @@ def main(argv=None) -> int:
 
     a.out.mkdir(parents=True, exist_ok=True)
     model = M.build(a.seed)
+    if a.init_from is not None:
+        from safetensors.torch import load_file
+        missing, unexpected = model.load_state_dict(load_file(str(a.init_from / "model.safetensors")), strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        model.tie_weights()
+        print(f"warm start from {a.init_from}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters", file=sys.stderr)
     batcher = Batcher(processor, sp, pool, text_ids, a.seed + 1)
@@ -405,7 +417,8 @@ def main(argv=None) -> int:
     last = np.mean(np.asarray(losses[-50:]), axis=0)
     summary = dict(
         command="python -m tests.reference.nano_mm.train " + " ".join(argv or sys.argv[1:]),
-        hyperparameters={k: getattr(a, k) for k in DEFAULTS}, threads=a.threads, parameters=n_params,
+        hyperparameters={k: getattr(a, k) for k in DEFAULTS}, threads=a.threads,
+        init_from=str(a.init_from) if a.init_from else None, parameters=n_params,
         setup_wall_s=round(t_pool, 1), train_wall_s=round(train_wall, 1), total_wall_s=round(time.time() - t_start, 1),
         final_losses_last50=dict(image=float(last[0]), audio=float(last[1]), text=float(last[2])),
         torch=torch.__version__, transformers=__import__("transformers").__version__)
