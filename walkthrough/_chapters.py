@@ -1436,7 +1436,13 @@ CHAPTERS["07_decoder_end_to_end"] = [
     md(r'''
 # 07 · The decoder layer, end-to-end logits, trace and compare
 
-One decoder layer (docs/NUMERICS.md §1.5), streams X [K, B, T, D] in, X' out:
+One decoder layer (docs/NUMERICS.md §1.5), streams X [K, B, T, D] in, X' out. In one line:
+
+$$h = \frac{a + \mathrm{N}_{\text{post-attn}}(\mathrm{attn}(n)) + \mathrm{laurel}(n)}{\sqrt2},\quad
+o = h + \mathrm{N}_{\text{post-ffw}}\big(\mathrm{mlp}(\mathrm{N}_{\text{pre-ffw}}(h))\big),\quad
+a = \hat X_0,\ n = \mathrm{N}_{\text{in}}(a),$$
+
+then AltUp's correct and the per-layer input $e_l$ into streams $1..K-1$. Step by step:
 
 1. `P = altup.predict(X)`; `a = P_0`; `n = input_layernorm(a)`
 2. `lau = laurel(n)`; `att = post_attention_layernorm(attention(n))`
@@ -1451,8 +1457,53 @@ The model: `embed_tokens(ids) * sqrt(D)` -> PLE -> `make_streams` -> L layers ->
 
 Module: `minig3n/decoder.py`. Fixtures: `text_decoder_layer` (layer 3), `text_model_causal` (7 layers,
 window 8, KV sharing of both types, left padding, ids beyond the PLE table, hooks on every module).
+
+**Shapes.** streams [K, B, T, D]; per-layer input [B, T, P]; every branch [B, T, D]; logits [B, T, V].
+'''),
+    source(r'''
+`Gemma3nTextDecoderLayer`, `Gemma3nTextModel`, `Gemma3nForCausalLM` in
+[`modeling_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/modeling_gemma3n.py)
+(v5.24.0) · [Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n).
 '''),
     code(SETUP),
+    code(r'''
+from matplotlib.patches import FancyBboxPatch
+
+fig, ax = plt.subplots(figsize=(11, 4.2))
+ax.set(xlim=(0, 22), ylim=(-0.6, 8.6)); ax.axis("off")
+
+
+def box(x, y, w, h, text, color="#ece2f0"):
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05,rounding_size=0.12", fc=color, ec="0.35"))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+
+
+def arrow(x0, y0, x1, y1):
+    ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.1))
+
+
+box(0.1, 3.3, 1.8, 1.6, "streams X\n[K, T, D]", "#dbe9f6")
+box(2.5, 3.3, 1.9, 1.6, "AltUp\npredict\na = P_0")
+box(5.0, 3.3, 1.7, 1.6, "input\nnorm: n")
+box(7.4, 5.4, 2.4, 1.3, "attention\n+ post norm", "#c6dbef")
+box(7.4, 1.5, 2.4, 1.3, "LAuReL\n(low rank)", "#fdd0a2")
+box(10.5, 3.3, 2.1, 1.6, "h = (a + att\n+ lau) / sqrt 2", "#f4f4f4")
+box(13.2, 3.3, 2.3, 1.6, "o = h + MLP\n(sparse / dense)", "#c7e9c0")
+box(16.1, 3.3, 2.0, 1.6, "AltUp\ncorrect\n(P, o)")
+box(18.7, 5.6, 3.1, 1.6, "stream 0 = Q_0\n(no PLE)", "#dbe9f6")
+box(18.7, 1.0, 3.1, 1.9, "streams 1..K-1 =\nQ_i + e_l, e_l from\nQ_0 * s and ple_l", "#dbe9f6")
+for a_ in ((1.95, 4.1, 2.45, 4.1), (4.45, 4.1, 4.95, 4.1), (6.75, 4.4, 7.35, 6.0), (6.75, 3.8, 7.35, 2.2),
+           (9.85, 6.0, 10.6, 4.95), (9.85, 2.2, 10.6, 3.25), (12.65, 4.1, 13.15, 4.1), (15.55, 4.1, 16.05, 4.1),
+           (18.15, 4.5, 18.65, 6.2), (18.15, 3.7, 18.65, 2.2)):
+    arrow(*a_)
+ax.annotate("", (10.9, 4.95), (3.4, 4.95), arrowprops=dict(arrowstyle="-|>", color="#756bb1", lw=1.1,
+                                                            connectionstyle="arc3,rad=-0.6"))
+ax.text(5.2, 7.9, "a (the residual)", color="#756bb1", fontsize=8.5)
+ax.annotate("", (16.5, 3.25), (3.6, 3.25), arrowprops=dict(arrowstyle="-|>", color="#756bb1", lw=1.1,
+                                                            connectionstyle="arc3,rad=0.45"))
+ax.text(9.5, -0.3, "predictions P (all K streams)", color="#756bb1", fontsize=8.5)
+show(fig)
+'''),
     code(r'''
 from minig3n import attention, decoder
 from minig3n.config import SLIDING, TextConfig
@@ -1547,6 +1598,81 @@ assert code == 1 and report.getvalue().strip().endswith("model.layers.3.mlp")
 import shutil
 shutil.rmtree(tmp)                                 # the temporary checkpoints and traces
 '''),
+    md(r'''
+## The logit lens on the trained nano
+
+What would the nano predict if it stopped after layer l? Collapse the streams after layer l, apply the
+final norm, the tied head and the softcap, and score the next token of a line of *Hamlet*. The loss falls
+layer by layer; the first layers alone are close to a bigram model.
+'''),
+    code(NANO_LINE),
+    code(r'''
+from minig3n import altup
+from minig3n.ops import linear, rms_norm, softcap
+
+root, ncfg = nano.params(), nano.cfg
+after = [altup.make_streams(line_trace[X + ".embed_tokens"][None], root, ncfg)[:, 0]] + \
+        [line_trace[f"{X}.layers.{l}"] for l in range(ncfg.num_hidden_layers)]          # [K, T, D] each
+losses, tops = [], []
+for S in after:
+    hid = rms_norm(altup.collapse_streams(S[:, None], root, ncfg), root["norm.weight"], ncfg.rms_norm_eps)
+    z = softcap(linear(hid, root["embed_tokens.weight"]), ncfg.final_logit_softcapping)[0]  # [T, V]
+    logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+    losses.append(float(-np.mean(logp[np.arange(len(pieces) - 1), line_ids[0, 1:]])))
+    tops.append(z.argmax(-1))
+assert np.allclose(z, line_logits[0], atol=1e-4)                      # after the last layer: the model's logits
+fig, ax = plt.subplots(figsize=(6.5, 3))
+ax.plot(range(len(losses)), losses, "o-")
+ax.set(xticks=range(len(losses)), xticklabels=["emb"] + [str(l) for l in range(ncfg.num_hidden_layers)],
+       xlabel="stop after layer", ylabel="next-token loss (nats)", title="logit lens, nano-gemma3n")
+show(fig)
+for l in (0, 2, ncfg.num_hidden_layers):
+    print(f"after {'emb' if l == 0 else 'layer ' + str(l - 1):9s}:", "".join(nano_tok.decode([int(i)]) for i in tops[l][:14]).replace("\n", "|"))
+'''),
+    md(r'''
+## Where a port parts from the reference, drawn
+
+The same 0.1 % error in layer 3's `down_proj` as above, but every traced module's relative error plotted
+in trace order: exactly zero up to layer 3's MLP, then a jump, carried to the logits.
+'''),
+    code(r'''
+import tempfile
+
+bad_dir = Path(tempfile.mkdtemp(prefix="walkthrough_"))
+save_safetensors(bad_dir / "model.safetensors", bad)
+(bad_dir / "config.json").write_text(json.dumps({**gm.meta["config"], "model_type": "gemma3n_text"}))
+good_dir = Path(tempfile.mkdtemp(prefix="walkthrough_"))
+save_safetensors(good_dir / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in gm.weights.items()})
+(good_dir / "config.json").write_text((bad_dir / "config.json").read_text())
+t_good = trace_text(decoder.load_text_model(good_dir, np.float64), seq)
+t_bad = trace_text(decoder.load_text_model(bad_dir, np.float64), seq)
+names_ = list(t_good)
+errs_ = [rel_err(t_bad[n], t_good[n]) for n in names_]
+first = next(i for i, e in enumerate(errs_) if e > 1e-10)
+fig, ax = plt.subplots(figsize=(11, 3))
+ax.semilogy(range(len(errs_)), np.maximum(errs_, 1e-18), ".-", lw=0.8)
+ax.axvline(first, color="#e6550d", ls=":"); ax.text(first + 1, 1e-14, names_[first], color="#e6550d", fontsize=8.5)
+ax.axhline(1e-10, color="0.6", ls="--", lw=0.8); ax.text(1, 2e-10, "tolerance 1e-10", fontsize=8, color="0.4")
+ax.set(xlabel="traced module (in forward order)", ylabel="rel err (0 shown as 1e-18)", ylim=(1e-19, 1))
+show(fig)
+print("first module above 1e-10:", names_[first])
+shutil.rmtree(bad_dir); shutil.rmtree(good_dir)
+'''),
+    poke(
+        "Put the per-layer input into stream 0 too (edit a copy of `decoder_layer`) and see which traced module `compare` names first.",
+        "Plot the logit lens per token: which tokens are already right after layer 0?",
+        "Use `minig3n trace` on the nano from the command line and `minig3n compare` two dtypes (float32 vs float64): what relative error do you expect?",
+    ),
+    questions(
+        ("Why does the plot above show exactly 0 error before layer 3's MLP, not 1e-16?",
+         "Both runs compute the same float64 operations on bit-identical inputs and weights up to there; "
+         "round-off is deterministic, so the results are bit-identical."),
+        ("The nano has 6 layers but its logit lens after layer 0 is already far below the unigram loss (6.26). Why?",
+         "Layer 0's attention sees the previous tokens, and the embedding alone (the 'emb' point) is a "
+         "bigram-like predictor through the tied head."),
+        ("What does the softcap do to a logit of 5? Of 60?",
+         "$30\\tanh(5/30) = 4.95$: almost nothing. $30\\tanh(2) = 28.9$: large logits are squashed below 30."),
+    ),
     exercise(r'''
 Implement `per_layer_input_branch`, `decoder_layer` and `forward` in your own `decoder.py` (import the
 pieces from minig3n or from your own modules, with absolute imports). Graded by:
@@ -1574,8 +1700,25 @@ From a prompt string to streamed text:
    `window - 1`, KV-shared layers nothing. The cache is an immutable value: `forward` returns a new one.
 4. **Sampling** (`minig3n/sampling.py`): greedy, or temperature -> top-k -> top-p -> one seeded draw.
 
+The maths of one step, from the last hidden state $h_T$ to the next token:
+
+$$z = 30\tanh\!\Big(\frac{h_T E^\top}{30}\Big),\qquad p_i \propto \exp(z_i/\tau)\ \text{ over }\
+\mathcal{K} = \text{top-}k(z) \cap \Big\{ i : \sum_{j \prec i} p_j < p_{\text{top}} \Big\},\qquad x_{T+1} \sim p,$$
+
+($j \prec i$: tokens ranked before i). $\tau \to 0$ is greedy; $\tau > 1$ flattens $p$; top-p keeps the
+smallest head of the ranking whose mass reaches $p_{\text{top}}$.
+
 Fixtures: `generation_tokenizer`, `generation_chat`, `generation_greedy` (the reference's
 `generate(do_sample=False)` tokens on the tiny checkpoint).
+
+**Shapes.** prompt ids [1, T]; prefill logits [1, T, V] (or [1, 1, V] with `logits_to_keep=1`); decode
+step [1, 1] -> [1, 1, V]; the cache per layer k, v [B, S_l, G, E].
+'''),
+    source(r'''
+`Gemma3nForCausalLM.generate` / `GenerationMixin` (transformers v5.24.0,
+[`modeling_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/modeling_gemma3n.py)),
+the chat format of the [Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n), nucleus sampling
+[Holtzman et al. 2019, arXiv 1904.09751](https://arxiv.org/abs/1904.09751).
 '''),
     code(SETUP),
     code(r'''
@@ -1659,6 +1802,31 @@ for t_ in range(seq.shape[1] - 5, seq.shape[1]):
 check("cached vs full recompute, last position", step[0, -1], full[0, -1], 1e-10)
 '''),
     md(r'''
+The nano's cache while it writes: prefill 20 tokens, then 100 decode steps. Full layers (2) keep every key;
+sliding layers (0, 1) at most `window - 1` = 63; the KV-shared layers (3, 4, 5) nothing.
+'''),
+    code(r'''
+from minig3n.decoder import load_text_model
+
+NANO = ROOT / "@TEXT_MODEL@"
+nm = load_text_model(NANO, np.float32)
+c = KVCache.empty(nm.cfg, 1, np.float32)
+ids_ = np.asarray([Tokenizer.from_dir(NANO).encode("ROMEO.\nWhat light through yonder window breaks?")[:20]])
+held = []
+while c.length < 120:
+    lg, c = decoder.forward(nm, ids_, cache=c, logits_to_keep=1)
+    held.append([0 if k is None else k.shape[1] for k in c.keys])
+    ids_ = np.asarray([[sampling.greedy(lg[0, -1])]])
+held = np.array(held)
+fig, ax = plt.subplots(figsize=(7.5, 3))
+steps = 20 + np.arange(len(held))
+for i, lt in enumerate(nm.cfg.layer_types):
+    ax.plot(steps, held[:, i] + 0.8 * i, label=f"layer {i} ({lt.split('_')[0]}{', shared' if held[-1, i] == 0 else ''})")
+ax.set(xlabel="tokens so far", ylabel="keys held (offset for legibility)", title="KV cache per layer")
+ax.legend(fontsize=7.5); show(fig)
+print("keys held at the end:", held[-1].tolist(), f"| {c.nbytes:,} bytes")
+'''),
+    md(r'''
 ## Sampling, derived by hand
 
 Logits [2, 1, 0, -1]. Softmax: [0.644, 0.237, 0.087, 0.032]. **top-k = 2** keeps the two largest and
@@ -1680,6 +1848,46 @@ assert draws == [sample_next(logits, SamplingParams(1.0, seed=s)) for s in range
 print("seeded draws:", draws)
 '''),
     md(r'''
+## Logits, the softcap, and sampling on the trained nano
+
+The nano's logits for the token after `ROMEO.\n` (raw, before the softcap, and after), and the next-token
+distribution under three temperatures, with the set top-p = 0.9 keeps.
+'''),
+    code(r'''
+from minig3n import decoder as dec
+from minig3n.ops import softcap
+from minig3n.tokenizer import Tokenizer
+
+NANO = ROOT / "@TEXT_MODEL@"
+nano, ntok = dec.load_text_model(NANO, np.float32), Tokenizer.from_dir(NANO)
+tr = {}
+z_capped, _ = dec.forward(nano, np.asarray([ntok.encode("ROMEO.\n")]), trace=tr)
+raw, z = tr["lm_head"][-1], z_capped[0, -1]                                # [V] before / after the softcap
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.2))
+xs = np.linspace(-80, 80, 400)
+a1.plot(xs, xs, color="0.7", ls=":", label="identity")
+a1.plot(xs, softcap(xs, 30.0), color="#3182bd", lw=2, label="30 tanh(x / 30)")
+a1.set(xlabel="raw logit", ylabel="capped logit", title="the final softcap", ylim=(-35, 35)); a1.legend(fontsize=8)
+a2.hist(raw, bins=80, color="#9ecae1", label="raw (lm_head)")
+a2.hist(z, bins=80, histtype="step", color="#e6550d", label="after softcap")
+a2.set(xlabel="logit", ylabel="tokens", title=f"nano's {len(z)} logits after 'ROMEO.\\n'", yscale="log"); a2.legend(fontsize=8)
+show(fig)
+print(f"largest raw logit {raw.max():.2f} -> capped {z.max():.2f}")
+
+order = np.argsort(-z)[:20]
+labels = [repr(ntok.id_to_piece(int(i)))[1:-1] for i in order]
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharey=True)
+for ax, tau in zip(axes, (0.5, 1.0, 1.5)):
+    p_all = probabilities(z, SamplingParams(tau))
+    p_top = probabilities(z, SamplingParams(tau, top_p=0.9))
+    ax.bar(range(20), p_all[order], color="#c6dbef", label="temperature only")
+    ax.bar(range(20), p_top[order], color="#3182bd", width=0.45, label="with top-p 0.9")
+    ax.set_title(f"tau = {tau}: top-p keeps {int((p_top > 0).sum())} tokens")
+    ax.set_xticks(range(20), labels, rotation=90, fontsize=7)
+axes[0].set_ylabel("probability"); axes[0].legend(fontsize=7.5)
+show(fig)
+'''),
+    md(r'''
 ## The Python API, streaming
 
 `minig3n.generate.generate(model_dir, prompt, ...)` yields `(token, text piece)` as it goes (the
@@ -1697,6 +1905,22 @@ print(f"[{model_dir.name}] {prompt}" + "".join(piece for _, piece in pieces))
 again = list(generate(model_dir, prompt, max_new_tokens=24))
 assert again == pieces                                                   # greedy: deterministic
 '''),
+    poke(
+        "Sample the nano at temperature 0.7, 1.0 and 1.3 with a fixed seed (`minig3n generate --temperature ... --seed 0`) and read the text.",
+        "Remove the softcap (set `final_logit_softcapping` to null in a copy of the nano's config): does the greedy text change? Why, or why not?",
+        "Time prefill against decode for a 100-token prompt (outside this notebook: timings do not belong in committed outputs).",
+    ),
+    questions(
+        ("Does the softcap ever change the greedy token?",
+         "No: $30\\tanh(x/30)$ is strictly increasing, so the argmax is the same. It changes probabilities "
+         "(the capped logits are closer together), hence sampling."),
+        ("Why does a sliding layer's cache hold `window - 1` keys and not `window`?",
+         "The window includes the query itself: the new token's key is computed in the step and appended; "
+         "the W - 1 previous ones are all that must be kept."),
+        ("top-k = 1 and temperature 0: same result?",
+         "Yes: both pick the most likely token (the tests check it). With top-k = 1 the distribution has one "
+         "token of probability 1 whatever the temperature."),
+    ),
     exercise(r'''
 Re-implement, one at a time: `sampling.probabilities` / `sample_next` (and `warp`), `chat.render_chat` /
 `encode_chat` / `expand_media_placeholders`, `generate.StreamDecoder`, `kv_cache.KVCache`
@@ -1717,7 +1941,17 @@ CHAPTERS["09_audio"] = [
 **Features** (`minig3n/features.py`, docs/NUMERICS.md §2.1): 16 kHz samples, windows of 512 every 160 samples
 (10 ms), HTK pre-emphasis *inside each window*, periodic Hann, FFT of 1024 points, **magnitude** (not
 power), 128 HTK mel filters 125-7600 Hz, `ln(max(mel, 1e-5))`. A batch is zero-padded to a multiple of 128
-samples; a frame is valid iff its **first** sample is real.
+samples; a frame is valid iff its **first** sample is real. For frame f with samples $x_{f,0..511}$:
+
+$$y_{n} = \begin{cases} (1 - 0.97)\,x_{f,0} & n = 0\\ x_{f,n} - 0.97\,x_{f,n-1} & n \ge 1\end{cases},\qquad
+S_{f,q} = \Big|\sum_{n<512} w_n\, y_n\, e^{-2\pi i\, q n / 1024}\Big|,\qquad
+F_{f,m} = \ln\max\Big(\sum_q S_{f,q}\, M_{q,m},\ 10^{-5}\Big),$$
+
+with $w$ the periodic Hann window and $M$ the triangular mel filters, spaced evenly on
+$\mathrm{mel}(f) = 2595 \log_{10}(1 + f/700)$.
+
+**Intuition.** The mel scale spends filters where hearing resolves pitch (narrow at low frequencies, wide at
+high ones); the log compresses loudness. The encoder then sees an image: time x 128 mel bins.
 
 **USM encoder** (`minig3n/usm.py`, §2.2-2.6): two stride-2 convs with a *cumulative* group norm (time /4,
 mel 128 -> 32), 12 Conformer blocks (half-step FFW, local attention over the 12 previous frames + itself
@@ -1727,8 +1961,83 @@ one vector per 160 ms.
 **Embedder** (`minig3n/embedder.py`, §2.7): `RMSNorm_noW(RMSNorm_soft(x) W^T)` into the text width.
 
 Fixtures: `audio_features`, `audio_encoder_tiny`, `audio_embedder`.
+
+**Shapes.** waveform [A] -> features [F, 128] (F = (A_padded - 513) // 160 + 1) -> subsampling [F/4, 32 x C]
+-> conformer [F/4, D_a] -> every 4th frame [F/16, D_a] -> embedder [F/16, D] (188 tokens for 30 s).
+'''),
+    source(r'''
+USM: [Zhang et al. 2023, *Google USM*, arXiv 2303.01037](https://arxiv.org/abs/2303.01037) · Conformer:
+[Gulati et al. 2020, arXiv 2005.08100](https://arxiv.org/abs/2005.08100) · the reference's
+`Gemma3nAudioFeatureExtractor`
+([`feature_extraction_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/feature_extraction_gemma3n.py))
+and `Gemma3nAudioEncoder`
+([`modeling_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/modeling_gemma3n.py)),
+v5.24.0 · [Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n).
 '''),
     code(SETUP),
+    md(r'''
+## A spoken clip
+
+`walkthrough/assets/spoken_digits.wav`: "three, one, four, one, five", synthesised with espeak-ng and
+resampled to 16 kHz (`walkthrough/assets/make_assets.py`). Its waveform, and the log-mel features minig3n
+computes from it (one column per 10 ms):
+'''),
+    code(r'''
+from minig3n import features
+from minig3n.audio_io import load_audio
+
+wave_ = load_audio(ROOT / "walkthrough" / "assets" / "spoken_digits.wav")           # [A] float32, 16 kHz
+clip, clip_valid = features.extract_features([wave_])                               # [1, F, 128], [1, F]
+print(f"{len(wave_)} samples = {len(wave_) / 16000:.2f} s -> features {clip.shape}, valid frames {clip_valid.sum()}")
+fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, gridspec_kw=dict(height_ratios=[1, 2.2]))
+a1.plot(np.arange(len(wave_)) / 16000, wave_, lw=0.4, color="0.3"); a1.set(ylabel="amplitude", title="waveform")
+F_ = clip.shape[1]
+im = a2.imshow(clip[0].T, origin="lower", aspect="auto", cmap="magma", extent=(0, F_ * 0.01, 0, 128))
+a2.set(xlabel="time (s)", ylabel="mel bin", title="log-mel features (ln of magnitude)")
+fig.colorbar(im, ax=[a1, a2], pad=0.01, shrink=0.6)
+show(fig)
+'''),
+    code(r'''
+fb = features.mel_filterbank()                                                     # [513, 128]
+hz = np.arange(fb.shape[0]) * 16000 / 1024
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.2))
+for m in range(0, 128, 6):
+    a1.plot(hz, fb[:, m], lw=0.9)
+a1.set(xlabel="frequency (Hz)", ylabel="weight", title="every 6th of the 128 HTK mel filters (125-7600 Hz)")
+a2.imshow(fb.T, origin="lower", aspect="auto", cmap="Greys", extent=(0, 8000, 0, 128))
+a2.set(xlabel="frequency (Hz)", ylabel="mel bin", title="the filterbank M [513 x 128]")
+show(fig)
+print("filter width (FFT bins with weight > 0): first", int((fb[:, 0] > 0).sum()), "| last", int((fb[:, -1] > 0).sum()))
+'''),
+    md(r'''
+## The clip through the audio tower
+
+The clip through the audio tower and embedder of `@MM_MODEL@` (`MM_MODEL` in `walkthrough/_chapters.py`;
+random weights until a trained multimodal checkpoint is set there): 4x fewer frames after the subsampling
+convolutions, 4x fewer again after the conformer, then padded to the fixed 188 audio tokens with the
+embedding of the padding id.
+'''),
+    code(r'''
+from minig3n import multimodal, usm
+
+MM = ROOT / "@MM_MODEL@"
+mm = multimodal.load_multimodal_model(MM, np.float32)
+atr = {}
+enc, enc_invalid = usm.audio_encoder(clip, ~clip_valid, mm.ckpt.params("model.audio_tower"), mm.cfg.audio, trace=atr)
+tokens = multimodal.audio_features(mm, clip, clip_valid)                            # [1, 188, D]
+print(f"{MM.name}: features {clip.shape[1]} frames -> encoder {enc.shape} -> audio tokens {tokens.shape}")
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw=dict(width_ratios=[2.2, 1, 1.3]))
+axes[0].imshow(clip[0].T, origin="lower", aspect="auto", cmap="magma"); axes[0].set(title=f"features: {clip.shape[1]} frames", xlabel="frame", ylabel="mel bin")
+axes[1].imshow(enc[0].T, origin="lower", aspect="auto", cmap="RdBu_r"); axes[1].set(title=f"encoder: {enc.shape[1]} x {enc.shape[2]}", xlabel="output frame (160 ms)", ylabel="channel")
+n_real = enc.shape[1]
+axes[2].imshow(tokens[0, :, :48].T, origin="lower", aspect="auto", cmap="RdBu_r")
+axes[2].axvline(n_real - 0.5, color="k", lw=1); axes[2].text(n_real + 4, 44, "padding embedding", fontsize=8)
+axes[2].set(title="audio tokens (first 48 of D)", xlabel="audio token (188)", ylabel="dim")
+show(fig)
+'''),
+    md(r'''
+## Against the reference
+'''),
     code(r'''
 from minig3n import features
 
@@ -1811,6 +2120,22 @@ for dt, out, tol in MODES:
     ids = ge.inputs["ids"].astype(np.int64) - ge.meta["vocab_offset"]
     check(f"embed_hard ({np.dtype(dt).name})", embedder.embed_hard(ids, p, ge.meta["eps"]), getattr(ge, out)["hard"], tol)
 '''),
+    poke(
+        "Record yourself (16 kHz mono WAV, or any rate: `load_audio` resamples) and plot its log-mel features next to the synthetic clip's.",
+        "Switch the pre-emphasis off (coefficient 0 in a copy of `log_mel`): which part of the spectrogram changes?",
+        "How many audio tokens does a 2.5 s clip give? Check with `multimodal.audio_features` and with the formula.",
+    ),
+    questions(
+        ("Why magnitude and not power (|X| rather than |X|^2)?",
+         "It is what the USM front end was trained on; after the log, power is just 2x the log magnitude, but "
+         "the mel sum happens before the log, so the two give different features: use the one the reference uses."),
+        ("Why is a frame valid only if its *first* sample is real?",
+         "That is the reference's rule (its mask subsamples the sample mask at the frame starts); a frame "
+         "that starts inside the clip but runs into the padding still counts as real."),
+        ("How long a clip fills exactly the 188 audio tokens?",
+         "188 tokens x 160 ms = 30.08 s; clips longer than 30 s must be cut (the processor does, the model "
+         "refuses more than 188)."),
+    ),
     exercise(r'''
 Implement `features.extract_features` (with your own `mel_filterbank`, `hann_window`, `log_mel`), the
 encoder pieces of `usm.py` (`cumulative_group_norm`, `subsample_conv_projection`, `feed_forward`,
@@ -1828,16 +2153,35 @@ CHAPTERS["10_matformer"] = [
     md(r'''
 # 10 · MatFormer: smaller models cut out of E4B
 
-E4B is a MatFormer (Devvrit et al. 2023): during training, sub-networks that use only a **prefix** of each
-FFN's hidden units were optimised together with the full network, so a prefix is itself a trained network.
-Keeping units 0..d-1 of a layer's MLP means `gate_proj[:d]`, `up_proj[:d]`, `down_proj[:, :d]`. E2B is E4B
-with 8192-wide FFNs and layers 20-24 left out; "mix-n-match" picks a width per layer and skips layers.
+E4B is a MatFormer ([Devvrit et al. 2023, *MatFormer: Nested Transformer for Elastic Inference*](https://arxiv.org/abs/2310.07707)):
+during training, sub-networks that use only a **prefix** of each FFN's hidden units were optimised together
+with the full network, so a prefix is itself a trained network. With $d \le I$ units kept,
+
+$$\mathrm{mlp}_d(x) = W_{\text{down}}[:, :d]\,\Big(\mathrm{GELU}\big(W_{\text{gate}}[:d]\,x\big) \odot W_{\text{up}}[:d]\,x\Big),
+\qquad \text{training loss } \textstyle\sum_{d \in \{d_1 < \dots < d_g\}} \mathcal{L}(\mathrm{model}_d).$$
+
+E2B is E4B with 8192-wide FFNs and layers 20-24 left out; "mix-n-match" picks a width per layer and skips
+layers.
+
+**Intuition.** Like Russian dolls: the first units of every FFN are trained to work alone, the next ones to
+refine them. One training run gives a family of models; you pick the size that fits your device.
 
 **Trap: KV sharing constrains skipping.** A layer whose K/V a kept shared layer reuses (E4B: 18 and 19)
 cannot be skipped. **Trap: PLE is per layer**: skipping layer l removes its P columns of the PLE table and
 P rows of `per_layer_model_projection` (chapter 02's layer-major layout).
 
 Module: `minig3n/matformer.py`. Expected numbers: Google's MatFormer Lab notebook.
+
+**Shapes.** per kept layer l: `gate_proj`, `up_proj` [I, D] -> [d_l, D]; `down_proj` [D, I] -> [D, d_l];
+skipping layer l removes its tensors, P columns of `embed_tokens_per_layer` [U, L*P] and P rows of
+`per_layer_model_projection` [L*P, D].
+'''),
+    source(r'''
+[MatFormer, arXiv 2310.07707](https://arxiv.org/abs/2310.07707) · the
+[Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n) (MatFormer, "mix-n-match") · the
+published slicing table `configs.csv` of the dataset
+[google/gemma3n-slicing-configs](https://huggingface.co/datasets/google/gemma3n-slicing-configs), copied
+verbatim into `minig3n/matformer.py` (`PUBLISHED_CSV`).
 '''),
     code(SETUP),
     code(r'''
@@ -1860,6 +2204,36 @@ assert e2b_cut.text.layer_types == e2b_config().text.layer_types
 print(f"text = effective {c.effective / 1e9:.2f} B + token embedding {c.token_embedding / 1e9:.2f} B "
       f"+ per-layer embeddings {c.per_layer_embedding / 1e9:.2f} B")
 assert c.text == c.effective + c.token_embedding + c.per_layer_embedding
+'''),
+    md(r'''
+## The published table as a picture
+
+Google's 16 configurations: effective parameters (Google's numbers, and minig3n's count from each row's
+widths and skipped layers) against MMLU. Below, what each row keeps: the FFN width of each of E4B's 35
+layers.
+'''),
+    code(r'''
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 3.8), gridspec_kw=dict(width_ratios=[1, 1.25]))
+mine = [matformer.count_config(matformer.slice_config(e4b_config(), matformer.SliceSpec.from_published(r))).effective / 1e9
+        for r in table]
+for kind, marker, color in (("layer-level", "o", "#3182bd"), ("block-level", "s", "#e6550d"), ("", "*", "k")):
+    rows_ = [i for i, r in enumerate(table) if (kind in r.name if kind else "layer-level" not in r.name and "block-level" not in r.name)]
+    a1.scatter([table[i].effective_params_b for i in rows_], [table[i].mmlu for i in rows_], marker=marker, color=color,
+               s=60 if marker == "*" else 30, label=kind or "E4B / official E2B", zorder=3)
+a1.scatter(mine, [r.mmlu for r in table], marker="x", color="0.3", s=18, label="minig3n's count", zorder=4)
+a1.set(xlabel="effective parameters (B)", ylabel="MMLU, pretrained (%)", title="Google's MatFormer table")
+a1.legend(fontsize=7.5)
+L4 = e4b_config().text.num_hidden_layers
+grid = np.full((len(table), L4), np.nan)
+for i, r in enumerate(table):
+    kept = [l for l in range(L4) if l not in r.skip_layers]
+    grid[i, kept] = np.array(r.ffn_dims) / 1024
+im = a2.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+a2.set_yticks(range(len(table)), [r.name.replace("Config for ", "") for r in table], fontsize=7)
+a2.set(xlabel="E4B layer (blank: skipped)", title="FFN width per layer (thousands)")
+fig.colorbar(im, ax=a2, pad=0.01)
+show(fig)
+print("largest |Google - minig3n| effective count:", round(max(abs(r.effective_params_b - m) for r, m in zip(table, mine)), 3), "B")
 '''),
     md(r'''
 **Experiment: a prefix of the FFN is the FFN with the other units switched off.** Cutting the weights
@@ -1902,6 +2276,59 @@ with tempfile.TemporaryDirectory() as tmp:
         print("skip layer 5:", e)
         assert "cannot be skipped" in str(e)
 '''),
+    md(r'''
+## Slicing a trained model, and what it costs
+
+`@MATFORMER_MODEL@` (`MATFORMER_MODEL` in `walkthrough/_chapters.py`) cut to a fraction of every FFN,
+scored on the first 4 held-out windows of its evaluation slice (next-token loss, nats). A model trained
+*without* MatFormer's nested loss (the Shakespeare nano) degrades quickly; a MatFormer-trained one should
+degrade gracefully.
+'''),
+    code(r'''
+MF = ROOT / "@MATFORMER_MODEL@"
+windows = np.load(MF / "eval_slice.npy")[:4].astype(np.int64) if (MF / "eval_slice.npy").exists() else \
+    np.load(ROOT / "@TEXT_MODEL@" / "eval_slice.npy")[:4].astype(np.int64)
+full_I = decoder.load_text_model(MF).cfg.intermediate_size
+
+
+def loss_of(model_dir):
+    z, _ = decoder.forward(decoder.load_text_model(model_dir, np.float32), windows[:, :-1])       # [4, 128, V]
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, windows[:, 1:, None], -1).mean())
+
+
+fractions = [1.0, 0.75, 0.5, 0.25]
+losses, sizes = [], []
+with tempfile.TemporaryDirectory() as tmp:
+    for f in fractions:
+        spec = matformer.SliceSpec([max(8, int(round(I * f / 8)) * 8) for I in full_I], [])
+        out = MF if f == 1.0 else matformer.slice_checkpoint(MF, Path(tmp) / f"cut{f}", spec)
+        losses.append(loss_of(out)); sizes.append(matformer.count_checkpoint(out).effective / 1e6)
+fig, ax = plt.subplots(figsize=(6.5, 3))
+ax.plot(sizes, losses, "o-")
+for f, x_, y_ in zip(fractions, sizes, losses):
+    ax.annotate(f"{f:.0%} FFN", (x_, y_), textcoords="offset points", xytext=(5, 5), fontsize=8)
+ax.set(xlabel="effective parameters (M)", ylabel="held-out loss (nats)", title=f"slices of {MF.name}")
+show(fig)
+print("loss by FFN fraction:", {f: round(l_, 3) for f, l_ in zip(fractions, losses)})
+'''),
+    poke(
+        "Skip a layer of the nano instead of narrowing it (`SliceSpec(None, [4])`): which costs less, skipping layer 4 or halving every FFN?",
+        "Which layers of the nano can be skipped at all? (`matformer.kv_producers`)",
+        "Re-plot the first figure with our count on the x axis for every row: where does it differ from Google's rounding?",
+    ),
+    questions(
+        ("Why is a prefix of an FFN equal to the full FFN with the other units switched off?",
+         "Each hidden unit i contributes $W_{\\text{down}}[:, i]\\,\\mathrm{GELU}(g_i)\\,u_i$ to the sum; "
+         "removing units removes their terms, exactly what zeroing their `down_proj` columns does."),
+        ("Why can E4B's layers 18 and 19 not be skipped when layers 20+ are kept?",
+         "They store the K/V that the KV-shared layers (20..34) reuse; without them those layers would have "
+         "nothing to attend over."),
+        ("E2B is cut out of E4B. Does E2B's 'effective' count include the per-layer-embedding table?",
+         "No: effective = text parameters minus the token embedding and the per-layer embeddings (1.91 B for "
+         "E2B; the table alone is 2.0 B)."),
+    ),
     exercise(r'''
 Implement `slice_config` (with your own `plan_text_slice`), `count_config` and `slice_checkpoint` in your
 own `matformer.py`; `read_published` / `find_published` if you like parsing. Graded by:
@@ -1916,17 +2343,70 @@ CHAPTERS["11_vision"] = [
 # 11 · Vision: image preprocessing and MobileNetV5
 
 **Preprocessing** (`minig3n/image.py`, docs/NUMERICS.md §3.1): RGB, resize to exactly 768 x 768 with PIL's
-BILINEAR (aspect ratio ignored, no crop), times 1/255, **no mean/std normalisation**.
+BILINEAR (aspect ratio ignored, no crop), times 1/255, **no mean/std normalisation**:
+$\;x_{c,y,x} = \mathrm{bilinear}(I)_{c,y,x} / 255 \in [0, 1]$.
 
 **MobileNetV5** (`minig3n/mobilenetv5.py`, §3.2-3.7): a conv stem, then four stages of *edge residual*,
 *universal inverted residual* and *mobile multi-query attention* blocks, each described by a short timm
 block string; every conv followed by an RMSNorm over channels (`x * w`) and, where stated, tanh-GELU. The
 multi-scale fusion adapter (MSFA) fuses the last two stages into 2048 x 16 x 16 = **256 image tokens**.
 
+A universal inverted residual block, the workhorse (with optional depthwise convs before and after the
+expansion; $\mathrm{N}$ = RMSNorm over channels, $\mathrm{DW}_k$ a depthwise $k\times k$ conv):
+
+$$y = x + \gamma \odot \mathrm{N}\Big(W_{\text{proj}}\,\mathrm{DW}_{k_2}\big(\mathrm{GELU}(\mathrm{N}(W_{\text{exp}}\,\mathrm{DW}_{k_1}(x)))\big)\Big)
+\quad\text{(each DW optional, residual when shapes allow)}.$$
+
+**Intuition.** Convolutions build local features cheaply at high resolution; the late stages add
+multi-query attention for global context at low resolution; MSFA resizes the last two stages to one
+16 x 16 grid and fuses them, so each of the 256 tokens describes one patch of the image.
+
 Fixtures: `vision_image` (the reference's PIL backend), `vision_encoder` (a scaled-down custom spec with
 every block kind, timm 1.0.31).
+
+**Shapes.** image -> pixels [3, 768, 768] -> stem [C, 384, 384] -> stages at /4, /8, /16, /32 ->
+MSFA [2048, 16, 16] -> tokens [256, 2048] -> `embed_vision` [256, D].
+'''),
+    source(r'''
+MobileNetV4: [Qin et al. 2024, arXiv 2404.10518](https://arxiv.org/abs/2404.10518) (UIR and mobile MQA
+blocks; MobileNetV5 is its Gemma 3n successor, described only by code) · timm's
+[`mobilenetv5.py`](https://github.com/huggingface/pytorch-image-models/blob/v1.0.31/timm/models/mobilenetv5.py)
+(v1.0.31) · the reference's `Gemma3nImageProcessor` (SigLIP processor, PIL backend) and
+`Gemma3nMultimodalEmbedder` in
+[`modeling_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/modeling_gemma3n.py)
+(v5.24.0) · [Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n).
 '''),
     code(SETUP),
+    md(r'''
+## A photo through the preprocessing
+
+The photo is matplotlib's bundled sample `grace_hopper.jpg` (Commodore Grace Hopper, an official US Navy
+photograph: public domain), read with `matplotlib.cbook.get_sample_data`. Preprocessing squashes it to a
+square (the aspect ratio is ignored) at the official 768 x 768, or at the size `@MM_MODEL@` uses
+(`MM_MODEL` in `walkthrough/_chapters.py`).
+'''),
+    code(r'''
+from matplotlib.cbook import get_sample_data
+from PIL import Image as PILImage
+
+from minig3n import image
+from minig3n.image import load_image_config
+
+MM = ROOT / "@MM_MODEL@"
+with get_sample_data("grace_hopper.jpg") as f:
+    photo = np.asarray(PILImage.open(f).convert("RGB"))                  # [H, W, 3] uint8
+px_768 = image.preprocess_image(photo)                                    # [3, 768, 768] official config
+mm_cfg = load_image_config(MM)
+photo_px = image.preprocess_image(photo, mm_cfg)                          # [3, h, w] for MM_MODEL
+print("photo", photo.shape, "-> official", px_768.shape, f"[{px_768.min():.2f}, {px_768.max():.2f}]", "->", MM.name, photo_px.shape)
+fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.2), gridspec_kw=dict(width_ratios=[photo.shape[1] / photo.shape[0], 1, 1]))
+axes[0].imshow(photo); axes[0].set_title(f"original {photo.shape[1]} x {photo.shape[0]}")
+axes[1].imshow(px_768.transpose(1, 2, 0)); axes[1].set_title("preprocessed 768 x 768 (squashed)")
+axes[2].imshow(photo_px.transpose(1, 2, 0), interpolation="nearest"); axes[2].set_title(f"{MM.name}: {photo_px.shape[2]} x {photo_px.shape[1]}")
+for ax in axes:
+    ax.axis("off")
+show(fig)
+'''),
     md(r'''
 **Trap: TensorFlow "SAME" padding.** A stride-2 conv on an even input pads **more at the bottom/right**:
 `total = max((ceil(n/s) - 1) s + k - n, 0)`, `before = total // 2`. For n = 768: k3 -> (0, 1), k5 -> (1, 2).
@@ -1945,6 +2425,21 @@ same = mv.conv2d(x, w, 2)[0, 0]
 sym = np.array([[np.pad(x[0, 0], 1)[r:r + 3, c:c + 3].sum() for c in (0, 2)] for r in (0, 2)])
 print("SAME (pads bottom/right):\n", same, "\nsymmetric padding:\n", sym)
 assert same.tolist() == [[45, 39], [66, 50]] and not np.array_equal(same, sym)
+'''),
+    code(r'''
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.3))
+for ax, (title, pad) in zip(axes, (("TF 'SAME': pad (0, 1)", (0, 1)), ("symmetric: pad (1, 1)", (1, 1)))):
+    n = 4 + sum(pad)
+    for r in range(n):
+        for c in range(n):
+            real = pad[0] <= r < pad[0] + 4 and pad[0] <= c < pad[0] + 4
+            ax.add_patch(plt.Rectangle((c, n - 1 - r), 0.95, 0.95, fc="#c6dbef" if real else "white", ec="0.6"))
+    for k, (r0, c0) in enumerate(((0, 0), (0, 2), (2, 0), (2, 2))):
+        ax.add_patch(plt.Rectangle((c0 + 0.05 + 0.04 * k, n - r0 - 3 + 0.05 + 0.04 * k), 2.85, 2.85, fill=False,
+                                   ec=plt.cm.tab10(k), lw=1.6))
+    ax.set(xlim=(-0.2, n + 0.2), ylim=(-0.2, n + 0.2), title=title, aspect="equal"); ax.axis("off")
+show(fig)
+print("blue: the 4 x 4 input; white: zero padding; boxes: the 3 x 3 windows of the 2 x 2 outputs (stride 2)")
 '''),
     code(r'''
 from minig3n.config import VisionConfig
@@ -1996,6 +2491,51 @@ for name in ("rgb_40x30", "rgba_33x47", "p_36x26"):
     check(f"preprocess {name}", px, gi.out32[f"bilinear.{name}"], 1e-6)
 print("pixel values", px.shape, px.dtype, "in [", px.min(), ",", px.max(), "]")
 '''),
+    md(r'''
+## The photo through MobileNetV5
+
+The preprocessed photo through the vision tower of `@MM_MODEL@`: a few channels of the stem, the mean
+activation magnitude after each stage (resolution halves, channels grow), and the MSFA output: one vector
+per token, drawn as its norm on the token grid, then the soft tokens the language model reads.
+'''),
+    code(r'''
+from minig3n import multimodal
+
+mm = multimodal.load_multimodal_model(MM, np.float32)
+vtr = {}
+fmap = mv.vision_encoder(photo_px[None], mm.ckpt.params(mv.PREFIX), mm.cfg.vision, trace=vtr)      # [1, 2048, r, r]
+soft = mv.image_soft_tokens(fmap, mm.ckpt.params("model.embed_vision"), mm.cfg.vision)        # [1, r*r, D]
+stage_ends = [max((k for k in vtr if k.startswith(f"{mv.PREFIX}.blocks.{s}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+              for s in range(len(mv.encoder_spec(mm.cfg.vision).stages))]
+stem = vtr[f"{mv.PREFIX}.conv_stem"][0]
+print("stem", stem.shape, "| stages", [vtr[k].shape[1:] for k in stage_ends], "| MSFA", fmap.shape, "| soft tokens", soft.shape)
+fig, axes = plt.subplots(2, 6, figsize=(11.5, 4.4))
+for i, ax in enumerate(axes[0]):
+    ax.imshow(stem[i], cmap="RdBu_r"); ax.set_title(f"stem ch {i}", fontsize=8)
+for ax, k in zip(axes[1], stage_ends):
+    a = vtr[k][0]
+    ax.imshow(np.abs(a).mean(0), cmap="magma"); ax.set_title(f"stage {k.split('.')[-2]}: {a.shape[0]}x{a.shape[1]}x{a.shape[2]}", fontsize=8)
+axes[1][4].imshow(np.linalg.norm(fmap[0], axis=0), cmap="magma"); axes[1][4].set_title(f"MSFA |token| {fmap.shape[2]}x{fmap.shape[3]}", fontsize=8)
+axes[1][5].imshow(soft[0, :, :64].T, aspect="auto", cmap="RdBu_r"); axes[1][5].set_title("soft tokens (64 dims)", fontsize=8)
+for ax in axes.flat:
+    ax.set_xticks([]); ax.set_yticks([])
+show(fig)
+'''),
+    poke(
+        "Feed the photo in at 2x its size, or flipped (`photo[:, ::-1]`): how do the MSFA token norms move?",
+        "Resize with PIL's BICUBIC instead of BILINEAR and measure the pixel difference with `rel_err`.",
+        "`mv.decode_block('uir_r1_a3_k5_s2_e4_c24')`: read the block string and explain every field.",
+    ),
+    questions(
+        ("Why does a stride-2 TF-'SAME' conv on 768 pixels pad (0, 1) for k = 3, and what breaks with (1, 1)?",
+         "Output size ceil(768/2) = 384 needs (384 - 1) * 2 + 3 = 769 input pixels: 1 extra, put after. With "
+         "(1, 1) every window starts one pixel earlier: all features shift by a pixel, errors of O(1)."),
+        ("Why no mean/std normalisation, when the preprocessor config lists mean 0.5 and std 0.5?",
+         "`do_normalize` is false in Gemma 3n's config: the values are only rescaled to [0, 1]. A port that "
+         "normalises to [-1, 1] feeds the stem the wrong inputs."),
+        ("How many image tokens does one image take in E2B, whatever its size?",
+         "256 (a 16 x 16 MSFA grid): the image is always resized to 768 x 768 first."),
+    ),
     exercise(r'''
 Re-implement `same_padding`, `conv2d`, `depthwise_conv2d`, `rms_norm2d`, the three blocks and `msfa`.
 Put them in `mobilenetv5.py` / `image.py` in your `MINIG3N_STUDENT` directory (ASSIGNMENTS.md), then run
@@ -2022,10 +2562,107 @@ docs/NUMERICS.md §4) then, per position:
 5. PLE: the token part from the **original** ids (every id >= the PLE vocabulary -> row 0), the
    projection part from the **merged** embeddings; then the text decoder as usual, causal everywhere.
 
+In symbols, for position t with id $x_t$ (image soft tokens numbered $j = 1, 2, \dots$ in order, likewise
+audio):
+
+$$h_t = \begin{cases} \mathrm{embed\_vision}\big(\sqrt{2048}\; v_j\big) & x_t = \texttt{<image\_soft\_token>}\ (j\text{-th})\\
+\mathrm{embed\_audio}(u_j) & x_t = \texttt{<audio\_soft\_token>}\ (j\text{-th})\\
+\mathrm{embed}_{\text{hard}}(x_t) & x_t \ge \text{vision offset}\\
+\sqrt{D}\; E[x_t] & \text{otherwise}\end{cases}$$
+
+with $v_j$ the MSFA tokens of the image and $u_j$ the USM frames of the clip.
+
+**Intuition.** The decoder never knows which positions were pixels or sound: it reads one sequence of
+D-wide vectors. The placeholder runs reserve the positions; the towers fill them.
+
+**Shapes.** ids [1, T]; pixel_values [N_img, 3, 768, 768] -> [N_img, 256, D]; input_features
+[N_aud, F, 128] -> [N_aud, 188, D]; inputs_embeds [1, T, D]; logits [1, T, V].
+
 Fixture: `multimodal_conversation` (the tiny checkpoint, two images and a 0.8 s clip; logits at 43
 positions and 32 greedy tokens from `Gemma3nForConditionalGeneration`).
 '''),
+    source(r'''
+`Gemma3nModel.forward` / `get_placeholder_mask` and `Gemma3nForConditionalGeneration` in
+[`modeling_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/modeling_gemma3n.py),
+`Gemma3nProcessor` in
+[`processing_gemma3n.py`](https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/processing_gemma3n.py)
+(v5.24.0) · [Gemma 3n model card](https://ai.google.dev/gemma/docs/gemma-3n).
+'''),
     code(SETUP),
+    md(r'''
+## A prompt with a photo and a spoken clip, laid out
+
+A chat turn with the photo of chapter 11 (`grace_hopper.jpg`, public domain), the spoken clip of chapter 09
+and a question, through `@MM_MODEL@`'s processor (`MM_MODEL` in `walkthrough/_chapters.py`; its image run
+is `image_seq_length` tokens long, 256 in E2B). One square per token:
+'''),
+    code(r'''
+from matplotlib.cbook import get_sample_data
+from matplotlib.colors import ListedColormap
+from PIL import Image as PILImage
+
+from minig3n import multimodal
+from minig3n.processor import Processor
+
+MM = ROOT / "@MM_MODEL@"
+mmodel = multimodal.load_multimodal_model(MM, np.float32)
+with get_sample_data("grace_hopper.jpg") as f:
+    photo = np.asarray(PILImage.open(f).convert("RGB"))
+messages = [{"role": "user", "content": [
+    {"type": "image", "image": photo},
+    {"type": "audio", "audio": str(ROOT / "walkthrough" / "assets" / "spoken_digits.wav")},
+    {"type": "text", "text": "Who is in the picture, and which digits do you hear?"}]}]
+inp = Processor.from_dir(MM).apply_chat_template(messages)
+c_ = mmodel.cfg
+kinds = np.zeros(inp.input_ids.shape[1], int)                                   # 0 text
+kinds[np.isin(inp.input_ids[0], [c_.boi_token_id, c_.eoi_token_id])] = 1
+kinds[inp.input_ids[0] == c_.image_token_id] = 2
+kinds[np.isin(inp.input_ids[0], [c_.boa_token_id, c_.eoa_token_id])] = 3
+kinds[inp.input_ids[0] == c_.audio_token_id] = 4
+names = ["text", "<start/end_of_image>", "image soft token", "<start/end_of_audio>", "audio soft token"]
+colors = ["#bdbdbd", "#e6550d", "#fdae6b", "#31a354", "#a1d99b"]
+W_ = 48
+T_ = len(kinds)
+grid = np.full((-(-T_ // W_)) * W_, np.nan); grid[:T_] = kinds
+fig, ax = plt.subplots(figsize=(11, 0.28 * len(grid) / W_ + 0.8))
+ax.imshow(grid.reshape(-1, W_), cmap=ListedColormap(colors), vmin=-0.5, vmax=4.5, interpolation="nearest")
+ax.set_xticks(np.arange(-0.5, W_, 1), minor=True); ax.set_yticks(np.arange(-0.5, len(grid) // W_, 1), minor=True)
+ax.grid(which="minor", color="white", lw=0.6); ax.tick_params(which="both", length=0)
+ax.set(xticks=[], yticks=range(len(grid) // W_), yticklabels=[f"{r * W_}" for r in range(len(grid) // W_)])
+ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors], labels=names, ncol=5, fontsize=8,
+          loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False)
+show(fig)
+print(f"{T_} tokens: {int((kinds == 2).sum())} image soft tokens, {int((kinds == 4).sum())} audio soft tokens;",
+      "pixel_values", inp.pixel_values.shape, "input_features", inp.input_features.shape)
+print(repr(inp.text[:60]), "...")
+'''),
+    md(r'''
+The merge, position by position: the size of each input embedding (after the merge) and of its PLE
+token part. Every id beyond the PLE table (the soft tokens, `<end_of_image>`, `<end_of_audio>`: the
+media vocabulary) reads the same PLE row 0, while the soft tokens' embeddings come from the towers.
+'''),
+    code(r'''
+mtr = {}
+emb = multimodal.embed_inputs(mmodel, inp.input_ids, inp.pixel_values, inp.input_features, inp.input_features_mask)
+logits_mm, _ = multimodal.forward(mmodel, inp.input_ids, pixel_values=inp.pixel_values, input_features=inp.input_features,
+                                  input_features_mask=inp.input_features_mask, trace=mtr)
+tokpart = mtr[mmodel.text.prefix + "embed_tokens_per_layer"]                 # [T, L*P]
+fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 3.8), sharex=True)
+for k, (nm, c) in enumerate(zip(names, colors)):
+    sel = np.flatnonzero(kinds == k)
+    a1.scatter(sel, np.linalg.norm(emb[0, sel], axis=-1), s=6, color=c, label=nm)
+    a2.scatter(sel, np.linalg.norm(tokpart[sel], axis=-1), s=6, color=c)
+a1.set(ylabel="|merged embedding|"); a1.legend(fontsize=7, ncol=5, markerscale=2)
+a2.set(ylabel="|PLE token part|", xlabel="position")
+show(fig)
+beyond = np.flatnonzero(inp.input_ids[0] >= mmodel.text.cfg.vocab_size_per_layer_input)
+print(f"{len(beyond)} positions with ids beyond the PLE table share one PLE token part:",
+      bool(np.all(tokpart[beyond] == tokpart[beyond[0]])), "| logits", logits_mm.shape)
+assert np.all(tokpart[beyond] == tokpart[beyond[0]])
+'''),
+    md(r'''
+## Against the reference
+'''),
     code(r'''
 from minig3n import multimodal
 
@@ -2068,6 +2705,21 @@ print(f"{len(mm)} multimodal positions share one PLE token row: {bool(np.all(tok
       f"projection parts of two image tokens equal: {bool(np.allclose(proj[img[0]], proj[img[1]]))}")
 assert np.all(tok[mm] == tok[mm[0]]) and not np.allclose(proj[img[0]], proj[img[1]])
 '''),
+    poke(
+        "Swap the image and the audio in `messages`: which positions move, and do the logits of the question change?",
+        "Give two images: check that the first run of soft tokens gets the first image's tokens (`merge_embeddings` fills in order).",
+        "Replace the photo by a black image: which positions of `emb` change?",
+    ),
+    questions(
+        ("Why do the image soft tokens keep their own id in `input_ids` although their embedding is replaced?",
+         "The id still decides the PLE token part (row 0 for every media id) and the placeholder mask; and "
+         "a cache or a trace can still tell which positions were media."),
+        ("What fills the audio positions beyond the clip's own frames?",
+         "The hard embedding of the last audio id (`embed_audio` on id vocab_size - 1): a clip shorter than "
+         "30 s still takes 188 positions."),
+        ("Is attention bidirectional over the image tokens, as in some vision-language models?",
+         "No: Gemma 3n's text decoder is causal everywhere, image positions included (docs/NUMERICS.md §4)."),
+    ),
     exercise(r'''
 Re-implement the merge (`merge_embeddings`, `hard_token_embeddings`, `audio_features`) and the processor's
 placeholder expansion in `multimodal.py` / `processor.py` in your `MINIG3N_STUDENT` directory
