@@ -66,7 +66,7 @@ def test_committed_outputs_are_clean(path):
         assert "execution" not in c.get("metadata", {}), f"{path.name}: execution timestamps in a cell"
         for o in c.get("outputs", []):
             assert o["output_type"] != "error", f"{path.name}: an error output: {o.get('evalue')}"
-            text = o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+            text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
             assert not ADDRESS.search(text), f"{path.name}: a memory address in an output: {text[:200]}"
     pngs = _pngs(nb)
     assert pngs, f"{path.name}: no figure"

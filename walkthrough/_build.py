@@ -50,7 +50,11 @@ print(_json.dumps(sorted(_files)))
 '''
 
 
-def _lines(text: str) -> list[str]:
+def _lines(text: str, keep_end: bool = False) -> list[str]:
+    """A cell's source (stripped of leading/trailing blank lines) or, keep_end, an output's text as a list
+    of lines, the way Jupyter stores them."""
+    if keep_end:
+        return text.splitlines(keepends=True)
     lines = text.strip("\n").split("\n")
     return [line + "\n" for line in lines[:-1]] + [lines[-1]]
 
@@ -110,6 +114,14 @@ def _clean_outputs(nb: dict) -> None:
             continue
         n += 1
         cell["execution_count"] = n
+        merged = []        # the kernel flushes stdout on a timer: join consecutive stream pieces
+        for out in cell["outputs"]:
+            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                    and merged[-1]["name"] == out["name"]):
+                merged[-1]["text"] = _lines("".join(merged[-1]["text"]) + "".join(out["text"]), keep_end=True)
+            else:
+                merged.append(out)
+        cell["outputs"] = merged
         for out in cell["outputs"]:
             out.pop("transient", None)
             if "execution_count" in out:

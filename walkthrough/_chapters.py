@@ -1851,7 +1851,8 @@ print("seeded draws:", draws)
 ## Logits, the softcap, and sampling on the trained nano
 
 The nano's logits for the token after `ROMEO.\n` (raw, before the softcap, and after), and the next-token
-distribution under three temperatures, with the set top-p = 0.9 keeps.
+distribution under three temperatures, with the set top-p = 0.9 keeps. The nano's logits stay below 10,
+where the cap is almost the identity: it matters for the large outlier logits of big models.
 '''),
     code(r'''
 from minig3n import decoder as dec
