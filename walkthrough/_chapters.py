@@ -267,6 +267,10 @@ The kernel may start anywhere inside the clone: each chapter's setup cell walks 
 hold their outputs; `python walkthrough/_build.py --execute` regenerates them (walkthrough/README.md).
 Numeric traps are cited by section of [docs/NUMERICS.md](../docs/NUMERICS.md).
 '''),
+    poke(
+        "Generate from other prompts (`generate(NANO, 'JULIET.\\n', max_new_tokens=60)`), or sample: `temperature=0.8, seed=0`.",
+        "Print `matformer.count_config(e2b_config())`: which parts does Google's 'total' count that the bar above shows once?",
+    ),
     questions(
         ("Why can E2B keep the per-layer-embedding table out of fast memory, but not the decoder weights?",
          "A token reads one row of the table (7680 numbers in E2B), once per forward pass; every decoder "
@@ -525,8 +529,8 @@ $$\underbrace{\tau_{t,l} = \sqrt{P}\; T\big[x_t,\; lP : (l+1)P\big]}_{\text{toke
 \qquad \mathrm{ple}_{t,l} = \frac{\pi_{t,l} + \tau_{t,l}}{\sqrt 2}.$$
 
 1. **Token part**: look the token up in a huge table $T$ with $L \cdot P$ columns (`embed_tokens_per_layer`,
-   layer-major: layer l owns columns l*P .. l*P+P-1), times $\sqrt P$ (16.0 for P = 256).
-2. **Projection part**: project the final input embedding with `per_layer_model_projection` [L*P, D],
+   layer-major: layer l owns columns l·P .. l·P+P-1), times $\sqrt P$ (16.0 for P = 256).
+2. **Projection part**: project the final input embedding with `per_layer_model_projection` [L·P, D],
    times $D^{-1/2}$, reshape to [L, P], RMS-norm over P with one shared weight [P].
 
 **Intuition.** The token part is a per-layer *lookup*: what this token means to layer l, independent of
@@ -541,8 +545,8 @@ tables (chapter 10), and the table stays on disk, read row by row (chapter 01).
 Module: `minig3n/ple.py` (`ple_ids`, `per_layer_token_inputs`, `project_per_layer_inputs`,
 `per_layer_inputs`). Fixture: `tests/goldens/text_ple.safetensors`.
 
-**Shapes.** ids [B, T] -> table rows [B, T, L*P] -> token part [B, T, L, P]; embeddings [B, T, D] ->
-projection [B, T, L*P] -> [B, T, L, P]; layer l reads `ple[:, :, l]` [B, T, P].
+**Shapes.** ids [B, T] -> table rows [B, T, L·P] -> token part [B, T, L, P]; embeddings [B, T, D] ->
+projection [B, T, L·P] -> [B, T, L, P]; layer l reads `ple[:, :, l]` [B, T, P].
 '''),
     source(r'''
 `Gemma3nTextModel.get_per_layer_inputs` / `project_per_layer_inputs` in
@@ -628,7 +632,7 @@ for dt, out, tol in MODES:
     check(f"per_layer_inputs ({np.dtype(dt).name})", full, getattr(g, out)["per_layer_inputs"], tol)
 '''),
     md(r'''
-The layout is layer-major: the reshape [L*P] -> [L, P] gives layer l the columns l*P .. l*P+P-1 (this is
+The layout is layer-major: the reshape [L·P] -> [L, P] gives layer l the columns l·P .. l·P+P-1 (this is
 also what lets MatFormer drop a layer's PLE by deleting its column block, chapter 10).
 '''),
     code(r'''
@@ -703,7 +707,7 @@ Streams 1..K-1 are made from the token embedding by D x D projections rescaled t
 Module: `minig3n/altup.py`. Fixtures: `text_altup` (predict/correct on random streams),
 `text_altup_streams` (stream creation and collapse).
 
-**Shapes.** streams [K, B, T, D]; router output [B, T, K]; `prediction_coefs.weight` [K*K, K], so C is
+**Shapes.** streams [K, B, T, D]; router output [B, T, K]; `prediction_coefs.weight` [K·K, K], so C is
 [B, T, K, K]; `correction_coefs.weight` [K, K]; `correct_output_scale` [D].
 '''),
     source(r'''
@@ -1004,7 +1008,7 @@ Modules: `minig3n/attention.py`, `minig3n/kv_share.py`. Fixtures: `text_attentio
 `text_attention_full`.
 
 **Shapes.** x [B, T, D]; q [B, T, N, E]; k, v [B, S, G, E]; scores [B, G, N/G, T, S]; mask [B|1, T, S];
-output [B, T, N*E] -> `o_proj` [D, N*E] -> [B, T, D].
+output [B, T, N·E] -> `o_proj` [D, N·E] -> [B, T, D].
 '''),
     source(r'''
 `Gemma3nTextAttention` in
@@ -1602,8 +1606,9 @@ shutil.rmtree(tmp)                                 # the temporary checkpoints a
 ## The logit lens on the trained nano
 
 What would the nano predict if it stopped after layer l? Collapse the streams after layer l, apply the
-final norm, the tied head and the softcap, and score the next token of a line of *Hamlet*. The loss falls
-layer by layer; the first layers alone are close to a bigram model.
+final norm, the tied head and the softcap, and score the next token of a line of *Hamlet*. Before any layer
+('emb') the tied head mostly echoes the input token, worse than a unigram guess; layer 0 does most of the
+work, the later layers refine.
 '''),
     code(NANO_LINE),
     code(r'''
@@ -1626,6 +1631,7 @@ ax.plot(range(len(losses)), losses, "o-")
 ax.set(xticks=range(len(losses)), xticklabels=["emb"] + [str(l) for l in range(ncfg.num_hidden_layers)],
        xlabel="stop after layer", ylabel="next-token loss (nats)", title="logit lens, nano-gemma3n")
 show(fig)
+print("loss after emb, layers 0..5:", [round(x, 2) for x in losses], "| unigram baseline on held-out text: 6.26")
 for l in (0, 2, ncfg.num_hidden_layers):
     print(f"after {'emb' if l == 0 else 'layer ' + str(l - 1):9s}:", "".join(nano_tok.decode([int(i)]) for i in tops[l][:14]).replace("\n", "|"))
 '''),
@@ -1667,9 +1673,10 @@ shutil.rmtree(bad_dir); shutil.rmtree(good_dir)
         ("Why does the plot above show exactly 0 error before layer 3's MLP, not 1e-16?",
          "Both runs compute the same float64 operations on bit-identical inputs and weights up to there; "
          "round-off is deterministic, so the results are bit-identical."),
-        ("The nano has 6 layers but its logit lens after layer 0 is already far below the unigram loss (6.26). Why?",
-         "Layer 0's attention sees the previous tokens, and the embedding alone (the 'emb' point) is a "
-         "bigram-like predictor through the tied head."),
+        ("Before any layer the loss is worse than a unigram model's (6.26 nats). Why, and what does layer 0 add?",
+         "With a tied head, $\\mathrm{norm}(E[x_t])\\,E^\\top$ is largest at (or near) $x_t$ itself: the "
+         "'prediction' echoes the input token, which is rarely the next one. Layer 0's attention reads the "
+         "previous tokens and its MLP maps the result towards likely continuations: most of the drop."),
         ("What does the softcap do to a logit of 5? Of 60?",
          "$30\\tanh(5/30) = 4.95$: almost nothing. $30\\tanh(2) = 28.9$: large logits are squashed below 30."),
     ),
@@ -2174,8 +2181,8 @@ P rows of `per_layer_model_projection` (chapter 02's layer-major layout).
 Module: `minig3n/matformer.py`. Expected numbers: Google's MatFormer Lab notebook.
 
 **Shapes.** per kept layer l: `gate_proj`, `up_proj` [I, D] -> [d_l, D]; `down_proj` [D, I] -> [D, d_l];
-skipping layer l removes its tensors, P columns of `embed_tokens_per_layer` [U, L*P] and P rows of
-`per_layer_model_projection` [L*P, D].
+skipping layer l removes its tensors, P columns of `embed_tokens_per_layer` [U, L·P] and P rows of
+`per_layer_model_projection` [L·P, D].
 '''),
     source(r'''
 [MatFormer, arXiv 2310.07707](https://arxiv.org/abs/2310.07707) · the
@@ -2566,8 +2573,8 @@ docs/NUMERICS.md §4) then, per position:
 In symbols, for position t with id $x_t$ (image soft tokens numbered $j = 1, 2, \dots$ in order, likewise
 audio):
 
-$$h_t = \begin{cases} \mathrm{embed\_vision}\big(\sqrt{2048}\; v_j\big) & x_t = \texttt{<image\_soft\_token>}\ (j\text{-th})\\
-\mathrm{embed\_audio}(u_j) & x_t = \texttt{<audio\_soft\_token>}\ (j\text{-th})\\
+$$h_t = \begin{cases} \mathrm{embed\_vision}\big(\sqrt{2048}\; v_j\big) & x_t\ \text{is the } j\text{-th image soft token}\\
+\mathrm{embed\_audio}(u_j) & x_t\ \text{is the } j\text{-th audio soft token}\\
 \mathrm{embed}_{\text{hard}}(x_t) & x_t \ge \text{vision offset}\\
 \sqrt{D}\; E[x_t] & \text{otherwise}\end{cases}$$
 
