@@ -847,8 +847,10 @@ assert np.allclose(rms, rms[0], rtol=1e-12)                                 # ev
         ("After `correct`, what is stream 0 when all correction coefficients are zero?",
          "Exactly $o$: $X'_0 = \\hat X_0 + 1\\cdot(o - \\hat X_0) = o$ (the experiment above)."),
         ("The router divides by D after the norm (not by $\\sqrt D$). What does that do to $r$?",
-         "It keeps the router's input small (RMS about 1/D per entry times the weight), so $\\tanh$ stays "
-         "in its linear part at initialisation; the weights learn the scale."),
+         "After the norm every entry has RMS about 1 (times the norm weight); dividing by D makes the router's "
+         "logits small, so $\\tanh$ starts in its near-linear range and the learned weights set the scale. "
+         "Whatever the training reason, a port must use exactly $1/D$ (as a float32 constant): the router "
+         "feeds every prediction and correction."),
     ),
     exercise(r'''
 Implement `router_modalities`, `predict`, `correct`, `scale_corrected_output`, `make_streams` and
@@ -916,7 +918,7 @@ w = 0.2
 for k, (label, c) in enumerate((("a (active stream)", "0.6"), ("n = norm(a)", "#9ecae1"),
                                 ("attention branch", "#3182bd"), ("LAuReL: laurel(n) - n", "#e6550d"))):
     a1.bar(np.arange(L_) + (k - 1.5) * w, [s_[k] for s_ in stats], w, label=label, color=c)
-a1.set(xlabel="layer", ylabel="RMS", title="the branches summed into h"); a1.legend(fontsize=7.5)
+a1.set(xlabel="layer", ylabel="RMS", title="the branches summed into h", ylim=(0, 4.6)); a1.legend(fontsize=7, ncol=2, loc="upper left")
 a2.boxplot([s_[4] for s_ in stats], positions=range(L_)); a2.axhline(0, color="0.6", ls=":")
 a2.set(xlabel="layer", ylabel="cosine per token", title="LAuReL's part vs attention's")
 show(fig)
@@ -2135,8 +2137,8 @@ for dt, out, tol in MODES:
     ),
     questions(
         ("Why magnitude and not power (|X| rather than |X|^2)?",
-         "It is what the USM front end was trained on; after the log, power is just 2x the log magnitude, but "
-         "the mel sum happens before the log, so the two give different features: use the one the reference uses."),
+         "It is the reference's choice (the features USM was trained on). Power would not be a simple rescaling: "
+         "the mel filters sum the spectrum *before* the log, and a sum of squares is not the square of a sum."),
         ("Why is a frame valid only if its *first* sample is real?",
          "That is the reference's rule (its mask subsamples the sample mask at the frame starts); a frame "
          "that starts inside the clip but runs into the padding still counts as real."),
