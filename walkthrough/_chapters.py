@@ -924,6 +924,21 @@ a2.set(xlabel="layer", ylabel="cosine per token", title="LAuReL's part vs attent
 show(fig)
 '''),
     md(r'''
+How many of its $R$ directions does each trained LAuReL use? The singular values of the rank-$R$ map
+$W_R W_L$ (before the norm), per layer. In the nano, layer 0 spreads its map over many directions, while
+the upper layers put most of it into one or two: a rank-1 or rank-2 branch would do there.
+'''),
+    code(r'''
+R_ = nano.cfg.laurel_rank
+fig, ax = plt.subplots(figsize=(6.5, 3))
+for l in range(L_):
+    pl = nano.params(f"layers.{l}.laurel")
+    sv = np.linalg.svd(pl["linear_right.weight"] @ pl["linear_left.weight"], compute_uv=False)[:R_]
+    ax.semilogy(range(1, R_ + 1), sv / sv[0], "o-", ms=3, label=f"layer {l}")
+ax.set(xlabel="singular value index", ylabel="relative to the largest", title=f"W_R W_L, rank {R_}")
+ax.legend(fontsize=7.5, ncol=2); show(fig)
+'''),
+    md(r'''
 ## Against the reference
 '''),
     code(r'''
@@ -959,7 +974,7 @@ R, D = 64, 2048
 print(f"E2B layer: LAuReL {2 * R * D + D:,} parameters vs a D x D map {D * D:,} ({(2 * R * D + D) / D**2:.1%})")
 '''),
     poke(
-        "Singular values of the nano's `linear_right @ linear_left` per layer (`np.linalg.svd`): how many of the 16 directions are used?",
+        "Project a token's normed stream onto the top singular vector of layer 0's `W_R W_L`: which tokens of the line load on it most?",
         "Drop LAuReL from one nano layer (set `linear_right` to zero, as in the experiment above) and compare the loss on the line.",
     ),
     questions(
