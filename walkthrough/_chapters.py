@@ -2310,9 +2310,15 @@ scored on the first 4 held-out windows of its evaluation slice (next-token loss,
 degrade gracefully.
 '''),
     code(r'''
+from minig3n.tokenizer import Tokenizer
+
 MF = ROOT / "@MATFORMER_MODEL@"
-windows = np.load(MF / "eval_slice.npy")[:4].astype(np.int64) if (MF / "eval_slice.npy").exists() else \
-    np.load(ROOT / "@TEXT_MODEL@" / "eval_slice.npy")[:4].astype(np.int64)
+if (MF / "eval_slice.npy").exists():                                  # held-out windows shipped with the model
+    windows = np.load(MF / "eval_slice.npy")[:4].astype(np.int64)     # [4, 129]
+else:                                                                 # else: a passage in the model's own tokens
+    windows = np.asarray([Tokenizer.from_dir(MF).encode(
+        "HAMLET.\nTo be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n")])
 full_I = decoder.load_text_model(MF).cfg.intermediate_size
 
 
