@@ -75,6 +75,20 @@ def test_committed_outputs_are_clean(path):
         assert b"tEXt" not in png and b"tIME" not in png, f"{path.name}: PNG metadata (use show(fig))"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapter_has_the_teaching_parts(path):
+    """Typeset maths, a linked source, things to poke at, questions with folded answers; a graded exercise
+    pointing at ASSIGNMENTS.md (the overview, 00, has none); no citation of files outside the repository."""
+    text = "\n".join("".join(c["source"]) for c in _nb(path)["cells"] if c["cell_type"] == "markdown")
+    assert "$" in text, f"{path.name}: no typeset maths"
+    assert re.search(r"\]\(https?://", text), f"{path.name}: no linked source"
+    assert "## Things to poke at" in text, f"{path.name}: no 'Things to poke at'"
+    assert "## Questions" in text and "<details><summary>Answer</summary>" in text, f"{path.name}: no questions"
+    if not path.name.startswith("00_"):
+        assert "## Exercise" in text and "ASSIGNMENTS.md" in text, f"{path.name}: no graded exercise"
+    assert "../shared" not in text and "gemma3n_numerics.md" not in text, f"{path.name}: cites ../shared"
+
+
 def test_walkthrough_is_small():
     total = sum(p.stat().st_size for p in WALK.rglob("*") if p.is_file())
     assert total <= MAX_TOTAL_BYTES, f"walkthrough/ holds {total / 2**20:.1f} MiB (limit {MAX_TOTAL_BYTES >> 20})"
