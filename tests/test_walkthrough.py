@@ -5,7 +5,9 @@ The chapters are committed *with* outputs (walkthrough/_build.py --execute). Def
 ``walkthrough``, no Jupyter needed): every committed chapter's cells equal ``_chapters.py`` and the hash of
 its cells and of every repository file it imported equals the one stored when it was executed (so its
 outputs are those of the current code), each has at least one figure, no error output, no execution
-timestamps and no memory addresses in its outputs, and the PNGs carry no metadata chunk.
+timestamps and no memory addresses in its outputs, and the PNGs carry no metadata chunk; and its markdown
+has the teaching parts (typeset maths, a linked source, things to poke at, questions with folded answers,
+a graded exercise).
 
 Marker ``notebooks`` (deselected by default; ``pytest -m notebooks`` with the ``walkthrough`` extra, a
 step of .ci/run): each chapter runs in a fresh python3 kernel through nbclient, started in the
