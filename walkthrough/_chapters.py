@@ -307,6 +307,9 @@ Module: `minig3n/config.py`, `minig3n/checkpoint.py`. We use the tiny random mul
 `weights/tiny-random-gemma3n` (written by transformers 5.24, stored in BF16) for the checks and the trained
 `weights/nano-gemma3n` for the picture of where parameters live.
 
+**Intuition.** A checkpoint is a dictionary of named arrays plus the numbers that say how to wire them.
+Keep the names as they are and read lazily, and the same loader serves a 3 MB test model and a 10 GB one.
+
 **Shapes.** A tensor is stored as `[out, in]` (PyTorch's `nn.Linear` layout): `q_proj.weight` is
 `[N*E, D]`, and `linear(x, w) = x @ w.T` maps `[..., D] -> [..., N*E]`.
 '''),
