@@ -41,7 +41,8 @@ from .attention import attention_mask as build_mask
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
 from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
-from .errors import InputError
+from .errors import InputError, NumericsError
+from .finite import NonFinite, all_finite, locate
 from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
@@ -180,8 +181,19 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
 
 
 # The forward pass ------------------------------------------------------------------------------------------
-def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=None, cache=None, trace=None,
-            position_ids=None, logits_to_keep: int = 0):
+def forward(model: TextModel, input_ids, *, trace=None, **kw):
+    """The forward pass (``_forward``), with NaN / infinity caught where it first appears: the embeddings,
+    each layer's output and new K/V, and the logits are checked (``finite.all_finite``, one pass each); if one
+    fails, the forward runs again recording every traced tensor and NumericsError names the first non-finite
+    one (``finite.locate``)."""
+    try:
+        return _forward(model, input_ids, trace=trace, **kw)
+    except NonFinite as e:
+        raise locate(lambda t: _forward(model, input_ids, trace=t, check=False, **kw), e.where) from None
+
+
+def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=None, cache=None, trace=None,
+             position_ids=None, logits_to_keep: int = 0, check: bool = True):
     """Logits for ``input_ids`` [B, T] (int).   -> (logits [B, T, V] (or the last ``logits_to_keep``), cache)
 
     inputs_embeds [B, T, D]: replaces ``embed_tokens(input_ids)`` everywhere (the multimodal merge); the PLE
@@ -210,8 +222,13 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         rec("embed_tokens", h0)
     else:
         h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
+        if check and not all_finite(h0):
+            raise NumericsError(f"inputs_embeds: {int(h0.size - np.isfinite(h0).sum())} of {h0.size} values are "
+                                "NaN or infinite (the multimodal merge, or the embeddings given)")
     table = model.prefix + "embed_tokens_per_layer.weight"
     ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg, rec)  # [B, T, L, P]
+    if check and not all_finite(h0, ple):
+        raise NonFinite(f"{X}.embed_tokens" if not all_finite(h0) else f"{X}.embed_tokens_per_layer")
 
     # 2. positions, RoPE tables and masks
     cache_pos = past + np.arange(T)                                           # [T]
@@ -226,6 +243,8 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
                                         *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
                                         _recorder(trace, f"{X}.layers.{li}"))  # [K, B, T, D]
+        if check and not all_finite(streams, k, v):
+            raise NonFinite(f"{X}.layers.{li}")
         kv.record(li, k, v, k_pos)
 
     # 4. collapse, norm, tied head, softcap
@@ -239,6 +258,8 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     if cfg.final_logit_softcapping is not None:
         logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
     rec("logits", logits)
+    if check and not all_finite(logits):
+        raise NonFinite("logits")
     return logits, kv.new_cache()
 
 

@@ -38,7 +38,7 @@ from .chat import chat_messages, check_prompt_choice, encode_chat, render_chat
 from .default_model import default_model_dir   # --model's default: see minig3n/default_model.py
 from .errors import CheckpointError, InputError
 from .sampling import SamplingParams, sample_next
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, check_tokenizer
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -107,9 +107,14 @@ def check_max_new_tokens(max_new_tokens, prompt_len: int = 0, max_positions: int
     """max_new_tokens must be an integer >= 1 and fit, with the prompt, into max_position_embeddings."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens (--max-new-tokens) must be an integer >= 1, got {max_new_tokens!r}")
+    if max_positions is not None and prompt_len >= max_positions:
+        raise InputError(f"the prompt is too long: {prompt_len} tokens, and the model holds "
+                         f"max_position_embeddings={max_positions} positions in all, which leaves no room for a "
+                         "new token; shorten the prompt")
     if max_positions is not None and prompt_len + max_new_tokens > max_positions:
         raise InputError(f"max_new_tokens (--max-new-tokens) too large: {prompt_len} prompt tokens + "
-                         f"{max_new_tokens} new tokens exceed max_position_embeddings={max_positions}")
+                         f"{max_new_tokens} new tokens exceed max_position_embeddings={max_positions}; at most "
+                         f"{max_positions - prompt_len} new tokens fit after this prompt")
     return int(max_new_tokens)
 
 
@@ -178,11 +183,10 @@ class Generator:
             if not model_dir.is_dir():
                 raise CheckpointError(f"{model_dir}: checkpoint directory not found")
             tokenizer = Tokenizer.from_dir(model_dir)
+            from .config import Gemma3nConfig
+            check_tokenizer(tokenizer, Gemma3nConfig.from_file(model_dir / "config.json").text)  # before the weights
             model = decoder.load_text_model(model_dir, DTYPES[dtype])
         cfg = model.cfg
-        if tokenizer.vocab_size > cfg.vocab_size:
-            raise CheckpointError(f"{model_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
-                                  f"vocab_size is {cfg.vocab_size}")
         stop = set(cfg.eos_token_ids) | {i for i in (tokenizer.eos_id, tokenizer.end_of_turn_id) if i is not None}
         return cls(model, tokenizer, frozenset(stop))
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def load_image_config(source=None) -> ImageConfig:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: preprocessor config not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a JSON preprocessor config") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a JSON preprocessor config ({e})") from None
     if not isinstance(d, dict):
@@ -127,16 +130,34 @@ def load_image_config(source=None) -> ImageConfig:
 # Any input -> uint8 RGB [H, W, 3]
 # ----------------------------------------------------------------------------------------------------
 
+MAX_PIXELS = 50_000_000     # 50 megapixels (~8660 x 5770): Pillow refuses only above 2 x 89.5 M; the model
+                            # sees 768 x 768, so a larger picture only costs memory (4 bytes a pixel, and more)
+
+
+def check_pixel_count(width: int, height: int, what: str = "image") -> None:
+    """Refuse an image above MAX_PIXELS before its pixels are decoded (a small PNG can claim 12000 x 12000)."""
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{what}: image is {width} x {height} = {width * height / 1e6:.1f} megapixels; minig3n "
+                         f"reads at most {MAX_PIXELS / 1e6:.0f} megapixels (the model sees "
+                         "768 x 768): downscale it first")
+
+
 def open_image(path):
     """A file -> an upright RGB PIL image (``transformers.image_utils.load_image``: EXIF transpose, then
     ``convert("RGB")``, which drops any alpha channel)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = os.fspath(path)
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a directory, expected an image file")
     if not os.path.isfile(p):
         raise InputError(f"image file not found: {p}")
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():                # Pillow's bomb warning: we refuse far below it, by name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)                         # reads the header only: size is known, pixels are not
+        with im:
+            check_pixel_count(im.width, im.height, p)
             im.load()
             im = ImageOps.exif_transpose(im)
             return im.convert("RGB")
@@ -150,6 +171,7 @@ def _pil_to_rgb(im, convert_rgb: bool) -> np.ndarray:
 
     if im.width == 0 or im.height == 0:
         raise InputError(f"image is empty: {im.width} x {im.height} pixels")
+    check_pixel_count(im.width, im.height)
     if not convert_rgb:
         a = np.array(im)
         if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:

@@ -50,6 +50,7 @@ from . import chat
 from .chat import check_prompt_choice
 from .errors import ConfigError, InputError
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")     # http://, https://, file://, s3:// ...
 IMAGE_TYPE_ID, AUDIO_TYPE_ID = 1, 3     # token_type_ids values (the reference's mm token types)
 
 
@@ -212,7 +213,7 @@ def load_images(sources, image_config=None) -> np.ndarray:
     """Paths / PIL images / uint8 arrays -> pixel_values [N, 3, H, W] float32 (``image.preprocess_images``)."""
     from .image import preprocess_images
     for s in sources:
-        if isinstance(s, str) and re.match(r"^[a-z]+://", s):
+        if isinstance(s, str) and _URL.match(s):
             raise InputError(f"image {s!r}: URLs are not read, give a local file path")
     return preprocess_images(list(sources), image_config)
 
@@ -225,7 +226,7 @@ def load_audio_features(items) -> tuple[np.ndarray, np.ndarray]:
     waves = []
     for it in items:
         src, rate = it["audio"], it.get("sampling_rate")
-        if isinstance(src, str) and re.match(r"^[a-z]+://", src):
+        if isinstance(src, str) and _URL.match(src):
             raise InputError(f"audio {src!r}: URLs are not read, give a local WAV file path")
         if isinstance(src, (str, os.PathLike)) and rate is not None:
             raise InputError(f"audio {os.fspath(src)}: 'sampling_rate' is only for arrays (a WAV file has its own)")

@@ -89,6 +89,8 @@ def run_trace(args) -> int:
     from .decoder import load_text_model
     if not Path(args.out).resolve().parent.is_dir():
         raise InputError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
+    if Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: is a directory; give the name of the .safetensors file to write")
     media = getattr(args, "image", None) or getattr(args, "audio", None)
     placeholders = args.prompt is not None and any(ph in args.prompt for ph in ("<image_soft_token>",
                                                                                 "<audio_soft_token>"))

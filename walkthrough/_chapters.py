@@ -111,9 +111,10 @@ def questions(*qa: tuple) -> tuple:
 
 
 def exercise(text: str) -> tuple:
-    return ("md", "## Exercise (graded)\n\n" + text.strip() + "\n\nThe workflow (a stub with the right "
-            "signatures, implement, run the grader on your directory) is in "
-            "[walkthrough/ASSIGNMENTS.md](ASSIGNMENTS.md).")
+    return ("md", "## Exercise (graded)\n\n" + text.strip() + "\n\nThe workflow is in "
+            "[walkthrough/ASSIGNMENTS.md](ASSIGNMENTS.md): `python walkthrough/make_stub.py MODULE DIR` writes "
+            "the stub, you implement it, and `python -m tests.grade --student DIR --only MODULE` gives your "
+            "points and a FEEDBACK.md (the golden tests above grade the same code).")
 
 
 TRANSFORMERS = "https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/gemma3n/"
