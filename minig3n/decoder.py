@@ -19,15 +19,22 @@ per-layer-embedding table only row by row (``Checkpoint.rows``), never whole.
 
 Trace names (``forward(..., trace={})``; batch row 0, batch axis dropped; ``X`` = the model prefix,
 ``model.`` for Gemma3nForCausalLM checkpoints, ``model.language_model.`` for multimodal ones), in this order:
-``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None), ``X.embed_tokens_per_layer`` [T, L*P],
+``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None; else ``X.inputs_embeds`` [T, D], the merged
+embeddings the reference's language model receives), ``X.embed_tokens_per_layer`` [T, L*P],
 ``X.per_layer_model_projection`` [T, L*P], ``X.per_layer_projection_norm`` [T, L, P],
-``X.altup_projections.{i}`` [T, D]; per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``,
-``self_attn`` (after o_proj), ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``mlp``,
+``X.altup_projections.{i}`` [T, D], ``X.altup_streams`` [K, T, D]* (the K streams after magnitude matching:
+layer 0's input); per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``, ``self_attn.q`` [T, N, E]*
+(after q_norm and RoPE), ``self_attn.k`` / ``self_attn.v`` [T, G, E]* (this call's keys after k_norm and RoPE,
+values after v_norm; not on KV-shared layers), ``self_attn`` (after o_proj), ``post_attention_layernorm``,
+``pre_feedforward_layernorm``, ``mlp.gate_proj`` [T, I]* (the pre-activation gate), ``mlp``,
 ``post_feedforward_layernorm``, ``altup`` (the corrected active stream times correct_output_scale),
 ``per_layer_input_gate``, ``per_layer_projection``, ``post_per_layer_input_norm`` (all [T, D] or [T, P]),
 then ``X.layers.{l}`` [K, T, D] (the layer's output streams); ``X.altup_unembed_projections.{i}`` [T, D],
-``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Each is the output of
-the reference module of that name (a forward hook there gives the same array).
+``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Names marked * are recorded
+only into a ``FineTrace`` (``minig3n trace --fine``). Each is the output of
+the reference module of that name (a forward hook there gives the same array), except ``inputs_embeds``,
+``altup_streams`` and ``self_attn.q/k/v``: values inside the reference's forward code (``self_attn.v`` is
+``v_norm``'s output; tests/reference/trace_reference.py shows where each is caught).
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ from .finite import NonFinite, all_finite, locate
 from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
-from .ops import gelu_tanh, linear, rms_norm, softcap
+from .ops import constant, gelu_tanh, linear, rms_norm, softcap
 from .params import sub_params
 from .ple import per_layer_inputs
 from .weight_shapes import text_weight_shapes
@@ -69,11 +76,15 @@ class TextModel:
         return self.ckpt.params(self.prefix + sub)
 
 
-def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
+def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "reference") -> TextModel:
     """Open a checkpoint directory (or wrap an open ``Checkpoint``) and check every text tensor's shape.
 
     dtype: float32 (default) or float64 for a directory; an open Checkpoint computes in its own dtype (passing
-    another one is an error)."""
+    another one is an error). constants: "reference" (the reference's float32 values of sqrt(D), D^-0.5,
+    sqrt(P), 1/sqrt(2), 1/D, the RoPE frequencies and the sparsity z-score, also in float64: what the lifted
+    reference computes) or "exact" (float64 only: those constants computed exactly in float64, to compare
+    float64 ports with each other). The choice rides on the model's config as ``cfg.exact_constants`` (an
+    attribute, not a config.json key)."""
     if isinstance(model_dir_or_checkpoint, Checkpoint):
         ckpt = model_dir_or_checkpoint
         if dtype is not None and np.dtype(dtype) != ckpt.dtype:
@@ -83,6 +94,14 @@ def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
     ckpt.check_shapes(text_weight_shapes(cfg, prefix))
+    if constants not in ("reference", "exact"):
+        raise InputError(f"constants must be 'reference' or 'exact', got {constants!r}")
+    if constants == "exact":
+        if ckpt.dtype != np.float64:
+            raise InputError("exact constants (--constants exact) need float64 (--dtype float64)")
+        import dataclasses
+        cfg = dataclasses.replace(cfg)
+        object.__setattr__(cfg, "exact_constants", True)   # read with getattr(cfg, "exact_constants", False)
     return TextModel(cfg, ckpt, prefix)
 
 
@@ -109,7 +128,8 @@ def embed_tokens(model: TextModel, input_ids) -> np.ndarray:
     """``embed_tokens.weight[ids] * sqrt(D)`` (the float32 value of sqrt(D)).   [B, T] -> [B, T, D]"""
     ids = check_input_ids(input_ids, model.cfg)
     rows = model.ckpt.rows(model.prefix + "embed_tokens.weight", ids)          # [B, T, D]
-    return rows * rows.dtype.type(np.float32(model.cfg.hidden_size ** 0.5))   # [B, T, D]
+    exact = getattr(model.cfg, "exact_constants", False)
+    return rows * constant(model.cfg.hidden_size ** 0.5, rows.dtype, exact)   # [B, T, D]
 
 
 def positions_from_mask(attention_mask, past_length: int = 0):
@@ -161,14 +181,16 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     lau = laurel(normed, sub_params(p, "laurel"), eps)                              # [B, T, D]
     rec("laurel", lau)
     attn, kv = self_attention(normed, sub_params(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
-                              past_kv=past_kv, shared_kv=shared_kv)           # [B, T, D]
+                              past_kv=past_kv, shared_kv=shared_kv,
+                              rec=_sub(rec, "self_attn"))                     # [B, T, D]
     rec("self_attn", attn)
     attn = rms_norm(attn, p["post_attention_layernorm.weight"], eps)          # [B, T, D]
     rec("post_attention_layernorm", attn)
     h = (active + attn + lau) / t(math.sqrt(2))                               # [B, T, D] (a + attn) + laurel
     x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
     rec("pre_feedforward_layernorm", x)
-    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
+    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx],
+            _sub(rec, "mlp"), getattr(cfg, "exact_constants", False))        # [B, T, D]
     rec("mlp", x)
     x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
     rec("post_feedforward_layernorm", x)
@@ -222,6 +244,7 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
         rec("embed_tokens", h0)
     else:
         h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
+        rec("inputs_embeds", h0)                                              # the merged embeddings
         if check and not all_finite(h0):
             raise NumericsError(f"inputs_embeds: {int(h0.size - np.isfinite(h0).sum())} of {h0.size} values are "
                                 "NaN or infinite (the multimodal merge, or the embeddings given)")
@@ -237,6 +260,8 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
 
     # 3. AltUp streams and the layers
     streams = altup_mod.make_streams(h0, root, cfg, rec)                      # [K, B, T, D]
+    if getattr(rec, "fine", False):
+        rec("altup_streams", streams.transpose(1, 0, 2, 3))                   # [B, K, T, D] magnitude-matched
     kv = ForwardKV(cfg, cache, past, T)
     for li in range(cfg.num_hidden_layers):
         past_kv, shared_kv, k_pos = kv.inputs(li)
@@ -264,16 +289,31 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
 
 
 # Helpers of forward ------------------------------------------------------------------------------------------
+class FineTrace(dict):
+    """A trace dict that also asks for the finer names (``self_attn.q/k/v``, ``mlp.gate_proj``,
+    ``altup_streams``; module docstring): ``forward(..., trace=FineTrace())``. A plain dict gets the others."""
+
+    fine = True
+
+
 def _recorder(trace, prefix: str):
     """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name,
     ``prefix.name`` (``prefix`` itself for name "", and ``lm_head`` / ``logits`` unprefixed, as the reference
-    names them). Without a trace it does nothing."""
+    names them). Without a trace it does nothing. ``rec.fine``: the trace wants the finer names."""
     if trace is None:
         return _no_rec
 
     def rec(sub, x):
         trace[sub if sub in ("lm_head", "logits") else f"{prefix}.{sub}" if sub else prefix] = np.array(x[0])
+    rec.fine = getattr(trace, "fine", False)
     return rec
+
+
+def _sub(rec, module: str):
+    """The recorder a sub-module gets for the finer names (None when the trace does not want them)."""
+    if not getattr(rec, "fine", False):
+        return None
+    return lambda name, x: rec(f"{module}.{name}", x)
 
 
 def _no_rec(name, x):
@@ -295,7 +335,8 @@ def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
     elif np.shape(position_ids) != (B, T):
         raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
     rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
-    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+    exact = getattr(cfg, "exact_constants", False)
+    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim, exact), dtype)
             for lt in set(cfg.layer_types)}                                   # [B, T, E] pairs
 
 

@@ -204,12 +204,13 @@ def forward(model: MultimodalModel, input_ids, *, pixel_values=None, input_featu
 
 
 # The generator's entry point -----------------------------------------------------------------------------------
-def media_prompt(text_model, *, prompt=None, chat=None, system=None, messages=None, images=(), audio=()):
+def media_prompt(text_model, *, prompt=None, chat=None, system=None, messages=None, images=(), audio=(),
+                 image_backend=None):
     """Prompt + media -> (ids list, inputs_embeds [T, D], expanded prompt text), for ``generate``.
 
     ``text_model``: the generator's ``decoder.TextModel`` (its checkpoint must be multimodal)."""
     from .processor import Processor, process
-    inputs = process(Processor.from_dir(text_model.ckpt.dir), prompt=prompt, chat=chat, system=system,
+    inputs = process(Processor.from_dir(text_model.ckpt.dir, image_backend), prompt=prompt, chat=chat, system=system,
                      messages=messages, images=images, audio=audio)
     model = load_multimodal_model(text_model.ckpt)
     embeds = embed_inputs(model, inputs.input_ids, inputs.pixel_values, inputs.input_features,

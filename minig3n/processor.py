@@ -63,7 +63,10 @@ class ProcessorConfig:
     image: object = None                # image.ImageConfig
 
     @classmethod
-    def from_dir(cls, model_dir) -> "ProcessorConfig":
+    def from_dir(cls, model_dir, image_backend=None) -> "ProcessorConfig":
+        """``image_backend``: "torchvision" (the reference's default) or "pil"; None = torchvision."""
+        from dataclasses import replace
+
         from .image import load_image_config
         d = Path(model_dir)
         counts = {}
@@ -80,7 +83,11 @@ class ProcessorConfig:
         for key, v in counts.items():
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{d}: '{key}' must be a positive integer, got {v!r}")
-        return cls(**counts, image=load_image_config(d))
+        image = load_image_config(d)
+        if image_backend is not None:
+            image = replace(image, backend=image_backend)
+            image.validate()
+        return cls(**counts, image=image)
 
 
 @dataclass
@@ -103,9 +110,11 @@ class Processor:
         self.tokenizer, self.config = tokenizer, config
 
     @classmethod
-    def from_dir(cls, model_dir) -> "Processor":
+    def from_dir(cls, model_dir, image_backend=None) -> "Processor":
+        """``image_backend``: which reference image backend to reproduce, "torchvision" (its default, and
+        minig3n's) or "pil" (``AutoProcessor.from_pretrained(d, backend="pil")``)."""
         from .tokenizer import Tokenizer
-        return cls(Tokenizer.from_dir(model_dir), ProcessorConfig.from_dir(model_dir))
+        return cls(Tokenizer.from_dir(model_dir), ProcessorConfig.from_dir(model_dir, image_backend))
 
     # public entry points ------------------------------------------------------------------------------------
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> ModelInputs:
