@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import accel
+from .bf16 import BF16Weight
 from .config import Gemma3nConfig
 from .errors import CheckpointError
 
 # safetensors dtype name -> (numpy storage dtype, bytes per element)
 _STORAGE = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+BF16_ENV = "MINIG3N_BF16"   # "widen": widen every BF16 tensor to float32 on first use (the old behaviour)
 _NUMPY_TO_ST = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
 
 
@@ -179,11 +182,28 @@ class Checkpoint:
         return self._file(name).info(name)[0]
 
     def get(self, name: str) -> np.ndarray:
-        """The whole tensor as ``self.dtype`` (converted once, then cached)."""
+        """The whole tensor as ``self.dtype`` (converted once, then cached). In float32 mode a 2-D BF16
+        matrix of the text decoder comes back as a ``bf16.BF16Weight`` instead (see ``keeps_bf16``)."""
         if name not in self._cache:
             f = self._file(name)
-            self._cache[name] = to_float(f.raw(name), f.info(name)[0], self.dtype)
+            if self.keeps_bf16(name):
+                self._cache[name] = BF16Weight(f.raw(name))                   # a view: nothing widened
+            else:
+                self._cache[name] = to_float(f.raw(name), f.info(name)[0], self.dtype)
         return self._cache[name]
+
+    def keeps_bf16(self, name: str) -> bool:
+        """True for the tensors handed out as BF16 bits: float32 mode, stored BF16, 2-D, under the text
+        decoder's prefix (its linear weights and the tied embedding, multiplied by ``ops.linear`` straight
+        from the memory map), numba kernels available (``accel.mode()``). ``MINIG3N_BF16=widen`` turns it
+        off (every tensor widened once and cached, as before); float64 mode and the NumPy-only mode always
+        widen."""
+        if self.dtype != np.float32 or os.environ.get(BF16_ENV, "").strip().lower() == "widen":
+            return False
+        if accel.mode() != "numba":   # NumPy only: widening per block made a decode GEMV 2-3x slower than
+            return False              # a cached float32 copy (tests/bench/README.md); keep the cache there
+        dtype, shape = self._file(name).info(name)
+        return dtype == "BF16" and len(shape) == 2 and name.startswith(self.text_prefix)
 
     def rows(self, name: str, ids) -> np.ndarray:
         """``table[ids]`` for a 2-D table, reading only those rows from disk. ids: any int array shape."""

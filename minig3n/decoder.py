@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import altup as altup_mod
-from .attention import attention_mask as build_mask
+from .attention import KeyBand
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
 from .checkpoint import Checkpoint, sub_params, text_weight_shapes
 from .config import FULL, SLIDING, TextConfig
@@ -262,14 +262,9 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
             raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, past + T]}, "
                              f"got {list(key_is_real.shape)}")
         key_is_real = key_is_real.astype(bool)                                # [B, S_total]
-    masks = {}
-
-    def mask_for(layer_idx, k_pos):
-        key = (cfg.layer_types[layer_idx], int(k_pos[0]) if len(k_pos) else 0, len(k_pos))
-        if key not in masks:
-            real = None if attention_mask is None else key_is_real[:, k_pos]  # [B, S]
-            masks[key] = build_mask(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
-        return masks[key]                                                     # [B|1, T, S]
+    def mask_for(layer_idx, k_pos):   # the mask's ingredients; attention builds it block by block
+        real = None if attention_mask is None else key_is_real[:, k_pos]      # [B, S]
+        return KeyBand(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
 
     # 3. AltUp streams and the layers
     streams = altup_mod.make_streams(h0, root, cfg)                           # [K, B, T, D]
