@@ -6,13 +6,12 @@ doubles the bytes a decode step reads (9.7 GB instead of 4.85 GB per token for E
 memory (15.8 GiB). Here a 2-D BF16 tensor of the text decoder is handed out as a ``BF16Weight`` (its uint16
 bits, a read-only view into the memory map, and its shape) and ``ops.linear`` multiplies with it directly:
 
-* **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``bf16_kernels.gemv_parallel``) splits the output rows
+* **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits the output rows
   over the threads (``prange``), widens one weight row at a time into a small buffer and takes its dot
   product with each token in float32. The weights are read once per call, 2 bytes per entry.
   NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
 * **many rows** (prefill): blocks of ``BLOCK_ROWS`` weight rows are widened into a reusable float32 buffer
-  and multiplied by BLAS (``_blocked``): one GEMM per block, the widening costs about 5 % of a T=128 GEMM.
-  With numba the widening is a parallel loop (``bf16_kernels.widen_parallel``), without it a NumPy shift into the buffer.
+  and multiplied by BLAS (``blocked``): one GEMM per block; the widening is a NumPy shift into the buffer.
 
 Results: the widened values are exact, so only the order of the float32 sums differs from
 ``x @ float32(W).T``. The GEMV kernel's sum is vectorised by the compiler (reassociated); BLAS orders its
@@ -120,28 +119,27 @@ def _buffer(rows: int, width: int) -> np.ndarray:
     return buf[:rows]
 
 
-def blocked(x: np.ndarray, bits: np.ndarray, numba: bool) -> np.ndarray:
+def blocked(x: np.ndarray, bits: np.ndarray, numba: bool = False) -> np.ndarray:
     """``x @ widen(bits).T`` widening ``BLOCK_ROWS`` weight rows at a time into one reusable buffer.
-    [N, in] float32, [out, in] uint16 -> [N, out]"""
+    [N, in] float32, [out, in] uint16 -> [N, out]. The same code with or without numba (``numba`` is
+    ignored): a parallel numba widening loop measured slower than NumPy's shift here (834 ms against 570 ms
+    for a T=128 8192 x 2048 product, same minute) -- its threads and OpenBLAS's fight over the two cores."""
     O, I = bits.shape
     y = np.empty((x.shape[0], O), dtype=np.float32)
     rows = max(1, min(O, BLOCK_ROWS * 2048 // max(I, 1)))          # about 8 MiB of float32 per block
     for o0 in range(0, O, rows):
         o1 = min(O, o0 + rows)
         buf = _buffer(o1 - o0, I)
-        if numba:
-            _kernels().widen_parallel(bits[o0:o1], buf.view(np.uint32))
-        else:
-            widen(bits[o0:o1], buf)
+        widen(bits[o0:o1], buf)          # NumPy's shift: a compiled one was slower (tests/bench/README.md)
         np.matmul(x, buf.T, out=y[:, o0:o1])
     return y
 
 
 # numba plumbing ------------------------------------------------------------------------------------------
 def _kernels():
-    """minig3n.bf16_kernels (imports numba; ConfigError if it cannot be imported)."""
+    """minig3n._bf16_kernels (imports numba; ConfigError if it cannot be imported)."""
     if not accel._import_numba():
         from .errors import ConfigError
         raise ConfigError(accel._NO_NUMBA)
-    from . import bf16_kernels
-    return bf16_kernels
+    from . import _bf16_kernels
+    return _bf16_kernels

@@ -1,4 +1,4 @@
-"""BF16 weights kept as BF16 (minig3n/bf16.py, bf16_kernels.py) and bounded-memory attention
+"""BF16 weights kept as BF16 (minig3n/bf16.py, _bf16_kernels.py) and bounded-memory attention
 (attention.attend_blocks) against the plain NumPy computations they replace.
 
 Tolerances (rel_err = max abs difference / max abs value):

@@ -1,4 +1,4 @@
-"""The compiled kernels of ``bf16`` (imported only when numba is, on the first BF16 product; see bf16.py).
+"""The compiled kernels of ``bf16`` (a private module: imported only when numba is, on the first BF16 GEMV).
 
 Each kernel has its NumPy twin in ``bf16`` (``gemv_numpy``, ``widen``); tests/test_bf16.py checks they agree.
 Threads: ``prange`` over blocks of output rows, numba's thread count (``NUMBA_NUM_THREADS``, default the
@@ -46,12 +46,3 @@ def gemv_parallel(x, bits, y):
     step = (O + blocks - 1) // blocks
     for b in numba.prange(blocks):
         gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step), np.empty(x.shape[1], np.uint32))
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def widen_parallel(bits, out):
-    """out[r, i] = bits[r, i] << 16 (uint32; the caller views it as float32), rows split over the threads."""
-    R, I = bits.shape
-    for r in numba.prange(R):
-        for i in range(I):
-            out[r, i] = np.uint32(bits[r, i]) << np.uint32(16)
