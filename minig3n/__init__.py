@@ -1,5 +1,43 @@
 """minig3n: a NumPy-only reference implementation of Google's Gemma 3n (E2B/E4B).
 
 One flat module per concept; see README.md for the map. Shape-comment legend: ``minig3n/config.py``.
+Numerics notes: ``docs/NUMERICS.md``.
+
+The public API, one loader convention (``from_pretrained(dir, dtype=...)``, as in the Hugging Face
+ecosystem; ``dir`` is a checkpoint directory in Hugging Face layout, ``dtype`` float32 or float64)::
+
+    import minig3n
+    gen = minig3n.Generator.from_pretrained()             # default: the embedded nano-gemma3n
+    prompt = minig3n.build_prompt(gen.tokenizer, "To be")  # or chat=..., messages=...
+    text = "".join(piece for _, piece in gen.generate(prompt, max_new_tokens=20))
+
+    minig3n.Gemma3nConfig.from_pretrained(dir)             # config.json, both layouts
+    minig3n.Checkpoint.from_pretrained(dir, dtype)         # memory-mapped tensors under HF names
+    minig3n.Tokenizer.from_pretrained(dir)                 # tokenizer.model
+    model = minig3n.load_text_model(dir, dtype)            # shapes checked
+    logits, cache = minig3n.forward(model, ids)            # ids [B, T] -> logits [B, T, V]
+    minig3n.load_multimodal_model(dir, dtype)              # + vision and audio towers
+    minig3n.generate(dir, "To be", max_new_tokens=20)      # one call; yields (token id, text piece)
+    minig3n.SamplingParams(temperature, top_k, top_p, seed); minig3n.default_model_dir()
+
+Names are imported on first use, so ``import minig3n`` (and ``minig3n --help``) stays fast.
 """
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "Gemma3nConfig": "config", "Checkpoint": "checkpoint", "Tokenizer": "tokenizer",
+    "Generator": "generate", "generate": "generate", "build_prompt": "generate", "SamplingParams": "sampling",
+    "load_text_model": "decoder", "forward": "decoder", "load_multimodal_model": "multimodal",
+    "default_model_dir": "default_model", "Minig3nError": "errors",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'minig3n' has no attribute {name!r}")

@@ -25,11 +25,11 @@ Twins, and what they bought on the 300M vision encoder (768 x 768 image, float32
 the encoder took 10.0 s in NumPy, 8.4 s with both twins; figures against the reference in
 tests/bench/README.md):
 
-* ``depthwise_conv2d`` (``mobilenetv5.depthwise_conv2d``): TF-"SAME" depthwise conv, NCHW, 45 calls,
+* ``depthwise_conv2d`` (``conv2d.depthwise_conv2d``): TF-"SAME" depthwise conv, NCHW, 45 calls,
   1.49 s -> 0.19 s. NumPy makes k*k passes over the output plus a padded copy; the twin reads each input
   row from cache, skips the padding instead of copying it, and splits strided inputs into column phases
   so every inner loop is contiguous (vectorised).
-* ``rms_norm2d`` (``mobilenetv5.rms_norm2d``): RMSNorm over the channels of each pixel, 184 calls,
+* ``rms_norm2d`` (``conv2d.rms_norm2d``): RMSNorm over the channels of each pixel, 184 calls,
   0.82 s -> 0.46 s: two reads and one write of the map instead of about seven whole-array passes.
 
 Left out, because numba does not pay there: the audio encoder (90 % of its time is BLAS matmuls; the
@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from .errors import ConfigError
+from .padding import same_padding
 
 ENV = "MINIG3N_ACCEL"
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -95,14 +96,12 @@ def _kernel(name: str):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Depthwise conv (twin of mobilenetv5.depthwise_conv2d)
+# Depthwise conv (twin of conv2d.depthwise_conv2d)
 # ----------------------------------------------------------------------------------------------------
 
 def depthwise_conv2d(x, w, stride=1, dilation=1):
-    """Depthwise kxk conv, TF-"SAME" padding, as ``mobilenetv5.depthwise_conv2d``.
+    """Depthwise kxk conv, TF-"SAME" padding, as ``conv2d.depthwise_conv2d``.
     [B, C, Y, X] -> [B, C, Yo, Xo];  w [C, 1, k, k]"""
-    from .mobilenetv5 import same_padding
-
     x = np.ascontiguousarray(x)
     B, C, Y, X = x.shape
     k = w.shape[-1]
@@ -162,11 +161,11 @@ def _depthwise_conv2d_loops(x, taps, y, stride, dilation, top, left):
 
 
 # ----------------------------------------------------------------------------------------------------
-# RmsNorm2d (twin of mobilenetv5.rms_norm2d)
+# RmsNorm2d (twin of conv2d.rms_norm2d)
 # ----------------------------------------------------------------------------------------------------
 
 def rms_norm2d(x, weight, eps):
-    """timm ``RmsNorm2d`` over the channels of each pixel, as ``mobilenetv5.rms_norm2d``.
+    """timm ``RmsNorm2d`` over the channels of each pixel, as ``conv2d.rms_norm2d``.
     [B, C, Y, X] -> [B, C, Y, X]"""
     x = np.ascontiguousarray(x)
     B, C, Y, X = x.shape

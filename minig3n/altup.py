@@ -9,8 +9,8 @@ D x D projections rescaled to its RMS (``make_streams``) and folded back the sam
 (``collapse_streams``).
 
 Source: Baykal et al., "Alternating Updates for Efficient Transformers" (NeurIPS 2023); transformers 5.24
-``Gemma3nTextAltUp`` and the stream set-up/collapse in ``Gemma3nTextModel.forward``; numerics doc
-sections 1.4, 1.5 (steps 1, 7) and 1.8.
+``Gemma3nTextAltUp`` and the stream set-up/collapse in ``Gemma3nTextModel.forward``; docs/NUMERICS.md
+§1.4, §1.5 (steps 1, 7) and §1.8.
 Left out: training-time clipping of the coefficients (``altup_coef_clip``; the converter clipped
 prediction_coefs already, and 5.24 clips only when training).
 
@@ -67,26 +67,32 @@ def _match_magnitude(y, target):
     return y * target / np.sqrt(np.maximum(mean_sq, y.dtype.type(1e-5)))      # [..., D]
 
 
-def make_streams(h0, p, cfg):
+def make_streams(h0, p, cfg, rec=None):
     """Stream 0 is the embedding; stream i is ``altup_projections.{i-1}(h0)`` rescaled to h0's RMS (no eps).
 
-    [B, T, D] -> [K, B, T, D]. ``p``: ``altup_projections.{i}.weight`` [D, D] (names relative to the text model)."""
+    [B, T, D] -> [K, B, T, D]. ``p``: ``altup_projections.{i}.weight`` [D, D] (names relative to the text model).
+    ``rec(name, array)``, if given, receives each projection (before the rescale) under its module name."""
     target = np.sqrt(np.mean(np.square(h0), axis=-1, keepdims=True))          # [B, T, 1] ** 0.5 in the reference
     streams = [h0]
     for i in range(1, cfg.altup_num_inputs):
         y = linear(h0, p[f"altup_projections.{i - 1}.weight"])                # [B, T, D]
+        if rec is not None:
+            rec(f"altup_projections.{i - 1}", y)
         streams.append(_match_magnitude(y, target))                           # [B, T, D]
     return np.stack(streams)                                                  # [K, B, T, D]
 
 
-def collapse_streams(streams, p, cfg):
+def collapse_streams(streams, p, cfg, rec=None):
     """Undo ``make_streams``: unembed streams 1..K-1, rescale them to stream 0's RMS, average all K.
 
-    [K, B, T, D] -> [B, T, D]. ``p``: ``altup_unembed_projections.{i}.weight`` [D, D]."""
+    [K, B, T, D] -> [B, T, D]. ``p``: ``altup_unembed_projections.{i}.weight`` [D, D]. ``rec(name, array)``,
+    if given, receives each unembedding (before the rescale) under its module name."""
     x0 = streams[0]                                                           # [B, T, D]
     target = np.sqrt(np.mean(np.square(x0), axis=-1, keepdims=True))          # [B, T, 1]
     outs = [x0]
     for i in range(1, cfg.altup_num_inputs):
         y = linear(streams[i], p[f"altup_unembed_projections.{i - 1}.weight"])  # [B, T, D]
+        if rec is not None:
+            rec(f"altup_unembed_projections.{i - 1}", y)
         outs.append(_match_magnitude(y, target))                              # [B, T, D]
     return np.mean(np.stack(outs), axis=0)                                    # [B, T, D]

@@ -26,7 +26,7 @@ exactly like the reference's masks; RoPE uses *position ids* (by default also th
 reference's ``generate`` passes ``cumsum(attention_mask) - 1`` for left-padded rows).
 
 Source: transformers 5.24 ``Gemma3nTextAttention``, ``Gemma3nRotaryEmbedding``, ``masking_utils``
-(``causal_mask_function``, ``sliding_window_overlay``, ``padding_mask_function``); numerics doc 1.6.
+(``causal_mask_function``, ``sliding_window_overlay``, ``padding_mask_function``); docs/NUMERICS.md §1.6.
 Left out: attention dropout, the attention-weights output, bidirectional attention (unused by Gemma 3n).
 
 Precision: RoPE inverse frequencies are float32 constants (``1 / base ** (arange(0, E, 2) / E)`` in float32;
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import SLIDING
-from .ops import linear, rms_norm
+from .ops import linear, rms_norm, softmax
 
 
 # RoPE ------------------------------------------------------------------------------------------------------
@@ -120,12 +120,7 @@ def attend(q, k, v, mask):
     vh = v.transpose(0, 2, 1, 3)[:, :, None]                                  # [B, G, 1, S, E]
     scores = qh @ kh                                                          # [B, G, N/G, T, S]
     m = np.asarray(mask, dtype=bool)[:, None, None]                           # [B, 1, 1, T, S]
-    scores = np.where(m, scores, -np.inf)                                     # [B, G, N/G, T, S]
-    seen = m.any(axis=-1, keepdims=True)                                      # [B, 1, 1, T, 1]
-    top = np.where(seen, np.max(scores, axis=-1, keepdims=True), 0.0)         # [B, G, N/G, T, 1]
-    w = np.exp(scores - top)                                                  # [B, G, N/G, T, S]
-    denom = np.where(seen, np.sum(w, axis=-1, keepdims=True), 1.0)            # [B, G, N/G, T, 1]
-    out = (w / denom) @ vh                                                    # [B, G, N/G, T, E]
+    out = softmax(scores, axis=-1, where=m) @ vh                              # [B, G, N/G, T, E]
     return out.reshape(B, N, T, E).transpose(0, 2, 1, 3).reshape(B, T, N * E)  # [B, T, N*E] head-major
 
 

@@ -26,7 +26,7 @@ Gemma 3n weight converter) renders them:
 The prompt's ids are ``tokenizer.encode(prompt, add_bos=False)``: the ``<bos>`` is part of the text, and special
 tokens written in the text become their ids (as the reference processor's ``apply_chat_template`` does).
 
-Source: ``../shared/data/gemma3n_chat_template.jinja``; transformers 5.24 ``Gemma3nProcessor``
+Source: ``docs/gemma3n_chat_template.jinja``; transformers 5.24 ``Gemma3nProcessor``
 (``full_image_sequence``, ``full_audio_sequence``). Left out: tools / function calling (the Gemma 3n template
 has none), ``continue_final_message``, generation masks.
 """
@@ -95,6 +95,16 @@ def render_chat(messages, add_generation_prompt: bool = True) -> str:
     if add_generation_prompt:
         out.append(f"{START_OF_TURN}model\n")
     return "".join(out)
+
+
+def check_prompt_choice(prompt=None, chat=None, messages=None, system=None) -> None:
+    """A prompt is given one way: exactly one of a raw ``prompt``, a ``chat`` (user text, + optional ``system``)
+    or ``messages``; ``system`` belongs to ``chat`` only. Raises InputError naming the arguments."""
+    given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
+    if len(given) != 1:
+        raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
+    if system is not None and chat is None:
+        raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
 
 
 def chat_messages(user_text: str, system: str | None = None) -> list[dict]:

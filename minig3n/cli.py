@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .errors import Minig3nError
 
 # subcommand -> (module, one-line help)
@@ -17,8 +18,8 @@ COMMANDS = {
     "generate": ("minig3n.generate", "generate text from a prompt (text, images, audio in; streamed text out)"),
     "trace": ("minig3n.trace", "run one prompt and write every named activation to a .safetensors file"),
     "compare": ("minig3n.compare", "compare two trace files tensor by tensor, in forward order"),
-    "slice": ("minig3n.matformer", "cut a MatFormer sub-model (narrower FFNs, skipped layers) out of E4B"),
-    "params": ("minig3n.matformer", "count total, text and effective parameters of a config or checkpoint"),
+    "slice": ("minig3n.matformer_cli", "cut a MatFormer sub-model (narrower FFNs, skipped layers) out of E4B"),
+    "params": ("minig3n.matformer_cli", "count total, text and effective parameters of a config or checkpoint"),
     "inspect": ("minig3n.inspect_checkpoint", "list a checkpoint's config and tensors, checking every shape"),
 }
 
@@ -30,6 +31,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="minig3n: a NumPy-only reference implementation of Gemma 3n (E2B/E4B): text, images and "
                     "audio in, text out, no PyTorch. Run 'minig3n COMMAND --help' for each command.",
     )
+    parser.add_argument("--version", action="version", version=f"minig3n {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

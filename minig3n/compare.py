@@ -22,7 +22,7 @@ from .errors import CheckpointError, InputError
 
 def _read(path) -> tuple[dict, list | None]:
     """({name: float64 array}, the forward order stored in the metadata or None)."""
-    from .checkpoint import load_safetensors
+    from .safetensors_io import load_safetensors
     try:
         tensors, meta = load_safetensors(path, np.float64)
     except CheckpointError as e:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .kv_share import kv_sharing_modes
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -152,12 +153,7 @@ class TextConfig:
         _require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
         _require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
                  f"must lie in [0, num_hidden_layers={L})")
-        if self.num_kv_shared_layers:
-            first = L - self.num_kv_shared_layers
-            missing = sorted(set(self.layer_types[first:]) - set(self.layer_types[:first]))
-            _require(not missing, "num_kv_shared_layers",
-                     f"layers {first}..{L - 1} reuse K/V of an earlier layer of their type, but no layer before "
-                     f"{first} is of type {missing}: that type would have no producer")
+        kv_sharing_modes(self)   # every KV-shared layer's type needs a producer (the rule lives in kv_share)
 
     # Derived quantities -------------------------------------------------------------------------------
     @property
@@ -225,7 +221,7 @@ class VisionConfig:
 
     ``architecture`` names a timm model; minig3n knows ``mobilenetv5_300m_enc``. For small encoders
     ``model_args`` carries ``arch_def`` (list of stages, each a list of block strings in timm's notation)
-    and ``stem_size``; see ``mobilenetv5.py``.
+    and ``stem_size``; see ``mobilenetv5_arch.py``.
     """
 
     architecture: str = "mobilenetv5_300m_enc"
@@ -292,6 +288,11 @@ class Gemma3nConfig:
         return cfg
 
     @classmethod
+    def from_pretrained(cls, model_dir) -> "Gemma3nConfig":
+        """The config of a checkpoint directory (its ``config.json``), as ``transformers`` names it."""
+        return cls.from_file(Path(model_dir) / "config.json")
+
+    @classmethod
     def from_file(cls, path) -> "Gemma3nConfig":
         path = Path(path)
         try:
@@ -318,7 +319,7 @@ class Gemma3nConfig:
 # (convert_gemma3n_weights.py, _VARIANTS["gemma-3n-e4b"]) uses as they are.
 # E2B: the converter's _VARIANTS["gemma-3n-e2b"]: intermediate_size 8192, num_hidden_layers 30,
 # activation_sparsity_pattern (0.95,)*10 + (0.0,)*20, num_kv_shared_layers 10; everything else as E4B.
-# Both agree with ../shared/docs/gemma3n_numerics.md section 5 and with the official config.json files.
+# Both agree with docs/NUMERICS.md §5 and with the official config.json files.
 # Audio and vision: class defaults (the same in both checkpoints). Special ids: Gemma3nConfig defaults.
 
 def e4b_config() -> Gemma3nConfig:

@@ -1,6 +1,6 @@
 """The Gemma 3n text decoder: embeddings, AltUp streams, decoder layers, collapse, norm, tied LM head.
 
-The idea, one forward pass (numerics doc section 1):
+The idea, one forward pass (docs/NUMERICS.md §1):
 
 1. ``embed_tokens(ids) * sqrt(D)`` (or the multimodal merge's ``inputs_embeds``) and the per-layer
    embeddings (``ple``: one P-wide vector per token per layer).
@@ -32,7 +32,6 @@ the reference module of that name (a forward hook there gives the same array).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,15 +39,16 @@ import numpy as np
 from . import altup as altup_mod
 from .attention import KeyBand
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
-from .checkpoint import Checkpoint, sub_params, text_weight_shapes
+from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError
-from .kv_cache import KVCache
-from .kv_share import kv_sharing_modes
+from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
 from .ops import gelu_tanh, linear, rms_norm, softcap
-from .ple import per_layer_inputs, per_layer_token_inputs, ple_ids
+from .params import sub_params
+from .ple import per_layer_inputs
+from .weight_shapes import text_weight_shapes
 
 
 @dataclass
@@ -65,24 +65,7 @@ class TextModel:
 
     def params(self, sub: str = ""):
         """The tensors under ``prefix + sub`` keyed by the rest of their name."""
-        return self.ckpt.params(self.prefix + sub) if sub else _RootParams(self)
-
-
-class _RootParams(Mapping):
-    """The text model's own top-level tensors (``norm.weight``, ``altup_projections.0.weight`` ...)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __getitem__(self, key):
-        return self.model.ckpt.get(self.model.prefix + key)
-
-    def __iter__(self):
-        n = len(self.model.prefix)
-        return iter([k[n:] for k in self.model.ckpt.names if k.startswith(self.model.prefix)])
-
-    def __len__(self):
-        return sum(1 for _ in self)
+        return self.ckpt.params(self.prefix + sub)
 
 
 def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
@@ -158,17 +141,16 @@ def per_layer_input_branch(corrected_active, per_layer_input, p, cfg, rec=None):
 
 
 def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, past_kv=None, shared_kv=None,
-                  trace=None, name=""):
+                  rec=None):
     """One decoder layer.   [K, B, T, D], [B, T, P] -> ([K, B, T, D], (k, v) [B, S, G, E] each)
 
     ``p``: the layer's tensors (``self_attn.q_proj.weight``, ``altup.router_norm.weight`` ...). ``cos``/``sin``
     [B, T, E] for this layer's RoPE base; ``mask`` [B|1, T, S] over the keys; ``past_kv`` this layer's cached
-    (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``trace``: dict filled under ``name``."""
+    (k, v); ``shared_kv`` the producer's (k, v) for a KV-shared layer. ``rec(name, array)``, if given, receives
+    each intermediate (batch axis first) under its module name relative to the layer, and the output streams
+    under ""."""
     eps, t = cfg.rms_norm_eps, streams.dtype.type
-
-    def rec(sub, x):   # trace: batch row 0 under the reference's module name
-        if trace is not None:
-            trace[f"{name}.{sub}" if sub else name] = np.array(x[:, 0] if sub == "" else x[0])
+    rec = rec or _no_rec
 
     p_altup = sub_params(p, "altup")
     predictions = altup_mod.predict(streams, p_altup, cfg)                    # [K, B, T, D]
@@ -193,7 +175,7 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     corrected = altup_mod.correct(predictions, out, p_altup, cfg)             # [K, B, T, D]
     e = per_layer_input_branch(corrected[cfg.altup_active_idx], per_layer_input, p, cfg, rec)  # [B, T, D]
     corrected = np.concatenate([corrected[:1], corrected[1:] + e[None]])      # [K, B, T, D] streams 1.. get e
-    rec("", corrected)
+    rec("", corrected.transpose(1, 0, 2, 3))                                  # [B, K, T, D]
     return corrected, kv
 
 
@@ -219,89 +201,37 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     B, T = ids.shape
     if cache is not None and cache.batch_size != B:
         raise InputError(f"the cache holds {cache.batch_size} rows but input_ids has {B}")
-    root = model.params()
-    X = model.prefix.rstrip(".")
-
-    def rec(sub, x):
-        if trace is not None:
-            trace[f"{X}.{sub}" if sub != "logits" and sub != "lm_head" else sub] = np.array(x[0])
+    root, X = model.params(), model.prefix.rstrip(".")
+    rec = _recorder(trace, X)                                                 # trace: batch row 0 by module name
 
     # 1. embeddings and per-layer inputs
     if inputs_embeds is None:
         h0 = embed_tokens(model, ids)                                          # [B, T, D]
         rec("embed_tokens", h0)
     else:
-        h0 = np.asarray(inputs_embeds)
-        if h0.shape != (B, T, cfg.hidden_size):
-            raise InputError(f"inputs_embeds must have shape {[B, T, cfg.hidden_size]}, got {list(h0.shape)}")
-        h0 = h0.astype(dtype, copy=False)                                     # [B, T, D]
+        h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
     table = model.prefix + "embed_tokens_per_layer.weight"
-    ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg)  # [B, T, L, P]
-    if trace is not None:   # the reference's PLE sub-modules, recomputed for row 0
-        rows = model.ckpt.rows(table, ple_ids(ids[:1], cfg.vocab_size_per_layer_input))  # [1, T, L*P]
-        rec("embed_tokens_per_layer", per_layer_token_inputs(rows, cfg.num_hidden_layers,
-                                                             cfg.hidden_size_per_layer_input).reshape(1, T, -1))
-        proj = linear(h0[:1], root["per_layer_model_projection.weight"])      # [1, T, L*P]
-        rec("per_layer_model_projection", proj)
-        proj = proj * dtype.type(np.float32(cfg.hidden_size ** -0.5))        # [1, T, L*P]
-        proj = proj.reshape(1, T, cfg.num_hidden_layers, -1)                   # [1, T, L, P]
-        rec("per_layer_projection_norm", rms_norm(proj, root["per_layer_projection_norm.weight"], cfg.rms_norm_eps))
+    ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg, rec)  # [B, T, L, P]
 
     # 2. positions, RoPE tables and masks
     cache_pos = past + np.arange(T)                                           # [T]
-    if position_ids is None:
-        position_ids = np.broadcast_to(cache_pos, (B, T))                     # [B, T]
-    elif np.shape(position_ids) != (B, T):
-        raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
-    rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
-    cos_sin = {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
-               for lt in set(cfg.layer_types)}                                # [B, T, E] pairs
-    if attention_mask is not None:
-        key_is_real = np.asarray(attention_mask)                              # [B, S_total]
-        if key_is_real.shape != (B, past + T):
-            raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, past + T]}, "
-                             f"got {list(key_is_real.shape)}")
-        key_is_real = key_is_real.astype(bool)                                # [B, S_total]
-    def mask_for(layer_idx, k_pos):   # the mask's ingredients; attention builds it block by block
-        real = None if attention_mask is None else key_is_real[:, k_pos]      # [B, S]
-        return KeyBand(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
+    cos_sin = rope_tables(cfg, cache_pos, position_ids, B, T, dtype)          # layer type -> [B, T, E] pair
+    mask_for = layer_masks(cfg, cache_pos, attention_mask, B, past + T)       # (layer, k_pos) -> [B|1, T, S]
 
     # 3. AltUp streams and the layers
-    streams = altup_mod.make_streams(h0, root, cfg)                           # [K, B, T, D]
-    if trace is not None:
-        for i in range(1, cfg.altup_num_inputs):
-            rec(f"altup_projections.{i - 1}", linear(h0[:1], root[f"altup_projections.{i - 1}.weight"]))
-    modes = kv_sharing_modes(cfg)
-    shared = {}                                                               # layer type -> (k, v, k_pos)
-    new_k, new_v, new_start = {}, {}, {}
+    streams = altup_mod.make_streams(h0, root, cfg, rec)                      # [K, B, T, D]
+    kv = ForwardKV(cfg, cache, past, T)
     for li in range(cfg.num_hidden_layers):
-        lt = cfg.layer_types[li]
-        past_kv, shared_kv = None, None
-        if modes[li] == "reuse":
-            k_s, v_s, k_pos = shared[lt]
-            shared_kv = (k_s, v_s)
-        else:
-            held = cache.past(li) if cache is not None else None
-            start = int(held[2][0]) if held is not None and len(held[2]) else past
-            if held is not None and held[0].shape[1]:
-                past_kv = held[:2]
-            k_pos = np.arange(start, past + T)                                # [S]
+        past_kv, shared_kv, k_pos = kv.inputs(li)
         streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
-                                        *cos_sin[lt], mask_for(li, k_pos), past_kv, shared_kv,
-                                        trace, f"{X}.layers.{li}")
-        if modes[li] == "store":
-            shared[lt] = (k, v, k_pos)
-        if modes[li] != "reuse":
-            new_k[li], new_v[li], new_start[li] = k, v, int(k_pos[0])
+                                        *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
+                                        _recorder(trace, f"{X}.layers.{li}"))  # [K, B, T, D]
+        kv.record(li, k, v, k_pos)
 
     # 4. collapse, norm, tied head, softcap
     if logits_to_keep:
         streams = streams[:, :, -logits_to_keep:]                             # [K, B, T', D]
-    if trace is not None:
-        for i in range(1, cfg.altup_num_inputs):
-            rec(f"altup_unembed_projections.{i - 1}",
-                linear(streams[i, :1], root[f"altup_unembed_projections.{i - 1}.weight"]))
-    hidden = altup_mod.collapse_streams(streams, root, cfg)                   # [B, T, D]
+    hidden = altup_mod.collapse_streams(streams, root, cfg, rec)              # [B, T, D]
     hidden = rms_norm(hidden, root["norm.weight"], cfg.rms_norm_eps)          # [B, T, D]
     rec("norm", hidden)
     logits = linear(hidden, root["embed_tokens.weight"])                      # [B, T, V] tied LM head
@@ -309,6 +239,57 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     if cfg.final_logit_softcapping is not None:
         logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
     rec("logits", logits)
-    new_cache = cache.advanced(cfg, new_k, new_v, new_start, T) if cache is not None else None
-    return logits, new_cache
+    return logits, kv.new_cache()
 
+
+# Helpers of forward ------------------------------------------------------------------------------------------
+def _recorder(trace, prefix: str):
+    """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name,
+    ``prefix.name`` (``prefix`` itself for name "", and ``lm_head`` / ``logits`` unprefixed, as the reference
+    names them). Without a trace it does nothing."""
+    if trace is None:
+        return _no_rec
+
+    def rec(sub, x):
+        trace[sub if sub in ("lm_head", "logits") else f"{prefix}.{sub}" if sub else prefix] = np.array(x[0])
+    return rec
+
+
+def _no_rec(name, x):
+    pass
+
+
+def _check_embeds(inputs_embeds, B: int, T: int, cfg) -> np.ndarray:
+    h0 = np.asarray(inputs_embeds)
+    if h0.shape != (B, T, cfg.hidden_size):
+        raise InputError(f"inputs_embeds must have shape {[B, T, cfg.hidden_size]}, got {list(h0.shape)}")
+    return h0
+
+
+def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
+    """{layer type: (cos, sin) [B, T, E]} at ``position_ids`` (default: the cache positions), each type with
+    its own RoPE base (full attention ``rope_theta``, sliding ``rope_local_base_freq``)."""
+    if position_ids is None:
+        position_ids = np.broadcast_to(cache_pos, (B, T))                     # [B, T]
+    elif np.shape(position_ids) != (B, T):
+        raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
+    rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
+    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+            for lt in set(cfg.layer_types)}                                   # [B, T, E] pairs
+
+
+def layer_masks(cfg, cache_pos, attention_mask, B: int, total: int):
+    """``mask_for(layer_idx, k_pos)`` -> the ``attention.KeyBand`` of that layer over keys at cache positions
+    ``k_pos`` (query and key positions, real keys, window: attention builds the [B|1, T, S] mask from it,
+    block by block for long prompts). ``attention_mask`` [B, total] of 1/0 or None."""
+    if attention_mask is not None:
+        key_is_real = np.asarray(attention_mask)                              # [B, S_total]
+        if key_is_real.shape != (B, total):
+            raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, total]}, "
+                             f"got {list(key_is_real.shape)}")
+        key_is_real = key_is_real.astype(bool)                                # [B, S_total]
+
+    def mask_for(layer_idx, k_pos):   # the mask's ingredients; attention builds it block by block
+        real = None if attention_mask is None else key_is_real[:, k_pos]      # [B, S]
+        return KeyBand(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
+    return mask_for

@@ -34,27 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .chat import chat_messages, encode_chat, render_chat
+from .chat import chat_messages, check_prompt_choice, encode_chat, render_chat
+from .default_model import default_model_dir   # --model's default: see minig3n/default_model.py
 from .errors import CheckpointError, InputError
 from .sampling import SamplingParams, sample_next
 from .tokenizer import Tokenizer
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODELS = ("nano-gemma3n", "tiny-random-gemma3n")   # the first that exists is the default --model
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def default_model_dir() -> Path:
-    """``weights/nano-gemma3n`` if it holds a complete checkpoint (config, weights, tokenizer), else
-    ``weights/tiny-random-gemma3n`` (both relative to the repository)."""
-    for name in DEFAULT_MODELS:
-        d = WEIGHTS / name
-        complete = (d / "config.json").is_file() and (d / "tokenizer.model").is_file() and (
-            (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file())
-        if complete:                    # a directory still being written (e.g. during training) is skipped
-            return d
-    raise CheckpointError(f"no default model: neither {WEIGHTS / DEFAULT_MODELS[0]} nor "
-                          f"{WEIGHTS / DEFAULT_MODELS[1]} exists; pass --model DIR")
 
 
 # Streaming -----------------------------------------------------------------------------------------------
@@ -97,11 +83,7 @@ def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str |
     rendered with the Gemma 3n template). Exactly one of prompt / chat / messages.
     With ``images`` / ``audio`` (or media parts in ``messages``) the prompt goes through the multimodal processor
     and towers (``multimodal.media_prompt``; needs ``model``, the loaded ``decoder.TextModel``)."""
-    given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
-    if len(given) != 1:
-        raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
-    if system is not None and chat is None:
-        raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
+    check_prompt_choice(prompt, chat, messages, system)
     from .processor import messages_have_media
     placeholders = isinstance(prompt, str) and ("<image_soft_token>" in prompt or "<audio_soft_token>" in prompt)
     if images or audio or messages_have_media(messages) or placeholders:   # placeholders: counts are checked
@@ -179,6 +161,12 @@ class Generator:
             return None
         from .multimodal import MultimodalModel, hard_token_embeddings
         return hard_token_embeddings(MultimodalModel(self.model, self.model.ckpt), ids)  # [B, T, D]
+
+    @classmethod
+    def from_pretrained(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
+        """Load model and tokenizer from ``model_dir`` (default: ``default_model_dir()``); ``dtype`` "float32"
+        or "float64" (or the NumPy dtype)."""
+        return cls.load(model_dir, dtype if isinstance(dtype, str) else np.dtype(dtype).name, progress)
 
     @classmethod
     def load(cls, model_dir=None, dtype="float32", progress=None) -> "Generator":
@@ -269,8 +257,8 @@ def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = No
 # Command line --------------------------------------------------------------------------------------------
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", default=None,
-                        help="checkpoint directory (default: weights/nano-gemma3n if present, else "
-                             "weights/tiny-random-gemma3n)")
+                        help="checkpoint directory (default: nano-gemma3n, else tiny-random-gemma3n, from "
+                             "$MINIG3N_MODEL, the checkout's weights/ or <prefix>/share/minig3n/weights)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", metavar="TEXT", help="raw prompt: <bos> + TEXT, continued as is")
     what.add_argument("--chat", metavar="TEXT", help="a user message, wrapped in the Gemma 3n chat template")

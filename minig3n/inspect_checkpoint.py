@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import Checkpoint, text_weight_shapes
-from .embedder import embedder_weight_shapes
-from .mobilenetv5 import vision_weight_shapes
-from .usm import audio_weight_shapes
+from .checkpoint import Checkpoint
+from .weight_shapes import model_weight_shapes
 
 
 def expected_shapes(ckpt: Checkpoint) -> dict:
     """Every tensor the model reads, for the towers this checkpoint has."""
-    cfg = ckpt.config
-    shapes = text_weight_shapes(cfg.text, ckpt.text_prefix)
-    if cfg.is_multimodal:
-        shapes.update(audio_weight_shapes(cfg.audio))
-        shapes.update(vision_weight_shapes(cfg.vision, "model.vision_tower.timm_model."))
-        shapes.update(embedder_weight_shapes(cfg.audio, cfg.text, "model.embed_audio."))
-        shapes.update(embedder_weight_shapes(cfg.vision, cfg.text, "model.embed_vision."))
-    return shapes
+    return model_weight_shapes(ckpt.config, ckpt.text_prefix)
 
 
 def add_arguments(parser):

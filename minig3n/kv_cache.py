@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import SLIDING
-from .kv_share import is_kv_shared
+from .kv_share import is_kv_shared, kv_sharing_modes
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,39 @@ class KVCache:
     def nbytes(self) -> int:
         """Memory held by the cache."""
         return sum(a.nbytes for a in self.keys + self.values if a is not None)
+
+
+class ForwardKV:
+    """The K/V bookkeeping of one forward call (a scratch object of that call, not model state).
+
+    For each layer, ``inputs(li)`` gives what attention needs: this layer's cached (k, v) (or None), the
+    producer's (k, v) of this same call for a KV-shared layer (or None), and the cache positions ``k_pos``
+    [S] of the keys it will attend over. ``record(li, k, v, k_pos)`` keeps the layer's full K/V (a producer's
+    also for its consumers); ``new_cache()`` is the advanced cache (None when the call had no cache)."""
+
+    def __init__(self, cfg, cache, past: int, num_new: int):
+        self.cfg, self.cache, self.past, self.num_new = cfg, cache, past, num_new
+        self.modes = kv_sharing_modes(cfg)
+        self.shared = {}                                                      # layer type -> (k, v, k_pos)
+        self.new_k, self.new_v, self.new_start = {}, {}, {}
+
+    def inputs(self, li: int):
+        """-> (past_kv, shared_kv, k_pos) for layer ``li``."""
+        if self.modes[li] == "reuse":
+            k_s, v_s, k_pos = self.shared[self.cfg.layer_types[li]]
+            return None, (k_s, v_s), k_pos
+        held = self.cache.past(li) if self.cache is not None else None
+        start = int(held[2][0]) if held is not None and len(held[2]) else self.past
+        past_kv = held[:2] if held is not None and held[0].shape[1] else None
+        return past_kv, None, np.arange(start, self.past + self.num_new)     # [S]
+
+    def record(self, li: int, k, v, k_pos) -> None:
+        if self.modes[li] == "store":
+            self.shared[self.cfg.layer_types[li]] = (k, v, k_pos)
+        if self.modes[li] != "reuse":
+            self.new_k[li], self.new_v[li], self.new_start[li] = k, v, int(k_pos[0])
+
+    def new_cache(self):
+        if self.cache is None:
+            return None
+        return self.cache.advanced(self.cfg, self.new_k, self.new_v, self.new_start, self.num_new)

@@ -10,7 +10,7 @@ Source: transformers 5.24 ``Gemma3nTextConfig.kv_sharing_modes`` (configuration_
 ``Gemma3nTextAttention.forward`` (``shared_kv_states``): modes are None (ordinary layer), "store" (producer)
 and "reuse" (consumer). In 5.24 sharing happens with or without a cache, in the same forward pass.
 Left out: the older behaviour (before transformers 4.56), where consumers used their own checkpoint weights
-when no cache was passed (numerics doc section 6.1).
+when no cache was passed (docs/NUMERICS.md §6.1).
 
     >>> from minig3n.config import e2b_config
     >>> kv_sharing_modes(e2b_config().text)[17:22]
@@ -26,13 +26,14 @@ def kv_sharing_modes(cfg) -> list:
     L, first = cfg.num_hidden_layers, cfg.num_hidden_layers - cfg.num_kv_shared_layers
     if cfg.num_kv_shared_layers == 0:
         return [None] * L
+    missing = sorted(set(cfg.layer_types[first:]) - set(cfg.layer_types[:first]))
+    if missing:   # the reference raises ValueError here: every type needs a producer
+        raise ConfigError(f"config key 'num_kv_shared_layers': layers {first}..{L - 1} reuse K/V of an earlier "
+                          f"layer of their type, but no layer before {first} is of type {missing}: that type would "
+                          "have no producer")
     modes = [None if i < first else "reuse" for i in range(L)]
     for layer_type in sorted(set(cfg.layer_types)):
-        producers = [i for i in range(first) if cfg.layer_types[i] == layer_type]
-        if not producers:   # the reference raises ValueError here: every type needs a producer
-            raise ConfigError(f"config key 'num_kv_shared_layers': no layer before {first} is of type "
-                              f"'{layer_type}', so that type has no K/V producer")
-        modes[producers[-1]] = "store"
+        modes[max(i for i in range(first) if cfg.layer_types[i] == layer_type)] = "store"
     return modes
 
 
@@ -43,6 +44,14 @@ def kv_producer(cfg, layer_idx: int) -> int | None:
         return None
     layer_type = cfg.layer_types[layer_idx]
     return max(i for i, m in enumerate(modes) if m == "store" and cfg.layer_types[i] == layer_type)
+
+
+def kv_producers(cfg) -> dict:
+    """{layer type: the producer layer whose K/V that type's consumers reuse}, for the types that have
+    consumers (empty when no layer shares)."""
+    modes = kv_sharing_modes(cfg)
+    consumer_types = {cfg.layer_types[i] for i, m in enumerate(modes) if m == "reuse"}
+    return {cfg.layer_types[i]: i for i, m in enumerate(modes) if m == "store" and cfg.layer_types[i] in consumer_types}
 
 
 def is_kv_shared(cfg, layer_idx: int) -> bool:

@@ -6,7 +6,7 @@ the *normed* active stream n (the attention input) and its output is averaged wi
 ``h = (a + attn + laurel(n)) / sqrt(2)`` (see ``decoder.decoder_layer``).
 
 Source: Menghani et al., "LAuReL: Learned Augmented Residual Layer" (ICML 2025), the "LR" (low-rank)
-variant; transformers 5.24 ``Gemma3nTextLaurelBlock``; numerics doc section 1.5 step 3.
+variant; transformers 5.24 ``Gemma3nTextLaurelBlock``; docs/NUMERICS.md §1.5 step 3.
 Left out: the paper's other variants (learned residual weights, previous-activation mixing).
 """
 from __future__ import annotations

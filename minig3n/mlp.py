@@ -8,7 +8,7 @@ shifted, ReLU'd value (not a mask on gelu(gate)). Each layer may have its own in
 (MatFormer sub-models narrow them).
 
 Source: transformers 5.24 ``Gemma3nTextMLP`` / ``_gaussian_topk``; the "Spark Transformer" statistical
-top-k (Gemma 3n tech report); numerics doc section 1.7.
+top-k (Gemma 3n tech report); docs/NUMERICS.md §1.7.
 Left out: nothing used at inference.
 
 The z-score Phi^-1(s) is the reference's float32 value, computed the way torch does

@@ -1,6 +1,6 @@
 """The multimodal forward: three towers, one sequence. Images and audio become rows of ``inputs_embeds``.
 
-The idea (numerics doc section 4; transformers 5.24 ``Gemma3nModel.forward``, input_ids path): the processor
+The idea (docs/NUMERICS.md §4; transformers 5.24 ``Gemma3nModel.forward``, input_ids path): the processor
 left a run of placeholder ids where each image / audio clip goes (``processor.py``). The forward
 
 1. embeds every id as text does (``embed_tokens(id) * sqrt(D)``), then overwrites the ids of the vision range

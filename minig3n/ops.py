@@ -36,10 +36,21 @@ def gelu_tanh(x):
     The constants are those of torch's GELU kernel in the input dtype: float32-rounded for float32 input
     (``SQRT_2_OVER_PI``, ``GELU_CUBIC``), full double values for float64 input (torch computes
     ``M_SQRT2 * M_2_SQRTPI * 0.5`` and ``0.044715`` in the kernel's scalar type; it is a native op, not a
-    float32 island, so the lifted float64 reference uses the double constants)."""
+    float32 island, so the lifted float64 reference uses the double constants).
+    The operations run in torch's order (``x^3`` as ``(x * x) * x``, then times 0.044715), in place on one
+    temporary (the vision encoder's activations are large); used by the MLP, the PLE gate and MobileNetV5.
+    """
     t = x.dtype.type
-    c, k = t(np.sqrt(2.0 / np.pi)), t(0.044715)   # == SQRT_2_OVER_PI, GELU_CUBIC for float32
-    return t(0.5) * x * (t(1.0) + np.tanh(c * (x + k * x * x * x)))
+    h = x * x                                     # [...]
+    h *= x                                        # x^3
+    h *= t(0.044715)                              # == GELU_CUBIC for float32
+    h += x
+    h *= t(np.sqrt(2.0 / np.pi))                  # == SQRT_2_OVER_PI for float32
+    np.tanh(h, out=h)
+    h += t(1.0)
+    h *= x
+    h *= t(0.5)                                   # exact: a power of two
+    return h
 
 
 def silu(x):
@@ -70,8 +81,17 @@ def linear(x, weight, bias=None):
     return y if bias is None else y + bias.astype(x.dtype, copy=False)
 
 
-def softmax(x, axis=-1):
-    """Numerically stable softmax.   [...] -> [...]"""
-    m = np.max(x, axis=axis, keepdims=True)
+def softmax(x, axis=-1, where=None):
+    """Numerically stable softmax: ``exp(x - max) / sum``.   [...] -> [...]
+
+    ``where`` (bool, broadcastable to ``x``): only those entries take part; the others get probability 0, and
+    a row with no entry at all gets all zeros (not NaN), as attention over no visible key does."""
+    if where is None:
+        m = np.max(x, axis=axis, keepdims=True)
+        e = np.exp(x - m)
+        return e / np.sum(e, axis=axis, keepdims=True)
+    x = np.where(where, x, -np.inf)
+    seen = np.asarray(where).any(axis=axis, keepdims=True)
+    m = np.where(seen, np.max(x, axis=axis, keepdims=True), 0.0)
     e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(seen, np.sum(e, axis=axis, keepdims=True), 1.0)

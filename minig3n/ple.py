@@ -8,7 +8,7 @@ streams after its MLP (``decoder.per_layer_input_branch``). The table is the bul
 E2B/E4B ("2B effective" counts exclude it) and lives on disk: only the rows of the ids at hand are read.
 
 Source: transformers 5.24 ``Gemma3nTextModel.get_per_layer_inputs`` / ``project_per_layer_inputs``;
-numerics doc section 1.3. Token ids outside ``[0, vocab_size_per_layer_input)`` (the vision/audio ids) are
+docs/NUMERICS.md §1.3. Token ids outside ``[0, vocab_size_per_layer_input)`` (the vision/audio ids) are
 mapped to row 0, not clamped; row 0 is used as stored.
 Left out: the reference's path with inputs_embeds but no ids (projection only, no token part, no 1/sqrt 2).
 
@@ -40,27 +40,39 @@ def per_layer_token_inputs(table_rows, num_layers: int, per_layer_width: int):
     return x.reshape(*x.shape[:-1], num_layers, per_layer_width)              # [B, T, L, P]
 
 
-def project_per_layer_inputs(inputs_embeds, token_inputs, p, cfg):
+def project_per_layer_inputs(inputs_embeds, token_inputs, p, cfg, rec=None):
     """Combine the projection of the input embedding with the token part.   [B, T, D], [B, T, L, P] -> [B, T, L, P]
 
     ``p`` holds ``per_layer_model_projection.weight`` [L*P, D] and ``per_layer_projection_norm.weight`` [P]
-    (names relative to the text model)."""
+    (names relative to the text model). ``rec(name, array)``, if given, receives the projection and its norm
+    under the reference's module names (for ``trace``)."""
+    rec = rec or _no_rec
     t = inputs_embeds.dtype.type
     L, P, D = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.hidden_size
     proj = linear(inputs_embeds, p["per_layer_model_projection.weight"])      # [B, T, L*P]
+    rec("per_layer_model_projection", proj)
     proj = proj * t(np.float32(D ** -0.5))                                    # [B, T, L*P] scale before the norm
     proj = proj.reshape(*proj.shape[:-1], L, P)                               # [B, T, L, P]
     proj = rms_norm(proj, p["per_layer_projection_norm.weight"], cfg.rms_norm_eps)  # [B, T, L, P] shared weight
+    rec("per_layer_projection_norm", proj)
     rsqrt2 = t(np.float32(1.0) / np.sqrt(np.float32(2.0)))                    # 0.70710677 (torch.rsqrt(2.0))
     return (proj + token_inputs.astype(proj.dtype, copy=False)) * rsqrt2      # [B, T, L, P]
 
 
-def per_layer_inputs(input_ids, inputs_embeds, lookup_rows, p, cfg):
+def per_layer_inputs(input_ids, inputs_embeds, lookup_rows, p, cfg, rec=None):
     """The whole PLE for layer inputs.   [B, T] ids, [B, T, D] -> [B, T, L, P]
 
     ``lookup_rows(ids)`` returns ``embed_tokens_per_layer.weight[ids]`` ([B, T] -> [B, T, L*P]); minig3n
-    passes ``Checkpoint.rows`` so the table is never loaded whole; a test can pass ``table.__getitem__``."""
+    passes ``Checkpoint.rows`` so the table is never loaded whole; a test can pass ``table.__getitem__``.
+    ``rec(name, array)``, if given, receives the token part (as ``embed_tokens_per_layer`` [B, T, L*P]) and
+    the projection's intermediates."""
     rows = lookup_rows(ple_ids(input_ids, cfg.vocab_size_per_layer_input))    # [B, T, L*P]
     rows = np.asarray(rows).astype(inputs_embeds.dtype, copy=False)           # [B, T, L*P]
     tok = per_layer_token_inputs(rows, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input)  # [B, T, L, P]
-    return project_per_layer_inputs(inputs_embeds, tok, p, cfg)               # [B, T, L, P]
+    if rec is not None:
+        rec("embed_tokens_per_layer", tok.reshape(*tok.shape[:-2], -1))       # [B, T, L*P]
+    return project_per_layer_inputs(inputs_embeds, tok, p, cfg, rec)          # [B, T, L, P]
+
+
+def _no_rec(name, x):
+    pass

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import chat
+from .chat import check_prompt_choice
 from .errors import ConfigError, InputError
 
 IMAGE_TYPE_ID, AUDIO_TYPE_ID = 1, 3     # token_type_ids values (the reference's mm token types)
@@ -263,13 +264,9 @@ def process(processor: Processor, *, prompt=None, chat=None, system=None, messag
             audio=()) -> ModelInputs:
     """One of ``prompt`` (raw text with placeholders) / ``chat`` (+ ``system``; media attached to the user turn) /
     ``messages`` (media inside their parts; ``images``/``audio`` must then be empty) -> model inputs."""
-    given = [n for n, v in (("prompt", prompt), ("chat", chat), ("messages", messages)) if v is not None]
-    if len(given) != 1:
-        raise InputError(f"give exactly one of prompt (--prompt), chat (--chat) or messages, got {given or 'none'}")
+    check_prompt_choice(prompt, chat, messages, system)
     images, audio = list(images or ()), list(audio or ())
     if prompt is not None:
-        if system is not None:
-            raise InputError("system (--system) needs a chat (--chat): a raw prompt has no system turn")
         return processor.process_prompt(prompt, images, audio)
     if chat is not None:
         return processor.apply_chat_template(chat_with_media(chat, system, images, audio))

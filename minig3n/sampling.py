@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .ops import softmax
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def warp(logits, params: SamplingParams) -> np.ndarray:
         x = np.where(x < kth, -np.inf, x)                                            # [V] (ties at the k-th kept)
     if params.top_p < 1.0:
         order = np.argsort(-x, kind="stable")                                        # [V] most likely first
-        probs = _softmax(x[order])                                                   # [V]
+        probs = softmax(x[order])                                                   # [V]
         before = np.cumsum(probs) - probs                                            # mass ranked above each
         drop = order[before >= params.top_p]
         x = x.copy()
@@ -74,14 +75,9 @@ def warp(logits, params: SamplingParams) -> np.ndarray:
     return x
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))                                                        # [V]
-    return e / e.sum()
-
-
 def probabilities(logits, params: SamplingParams) -> np.ndarray:
     """The distribution a token is drawn from (after temperature, top-k, top-p).   [V] -> [V]"""
-    return _softmax(warp(logits, params))
+    return softmax(warp(logits, params))
 
 
 def sample_next(logits, params: SamplingParams, rng: np.random.Generator | None = None) -> int:

@@ -91,6 +91,11 @@ class Tokenizer:
             setattr(self, attr, self.piece_to_id.get(piece))
 
     @classmethod
+    def from_pretrained(cls, model_dir) -> "Tokenizer":
+        """The tokenizer of a checkpoint directory; the ecosystem's name for ``from_dir``."""
+        return cls.from_dir(model_dir)
+
+    @classmethod
     def from_dir(cls, model_dir) -> "Tokenizer":
         """The tokenizer of a checkpoint directory (its ``tokenizer.model``)."""
         d = Path(model_dir)

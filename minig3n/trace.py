@@ -61,7 +61,7 @@ def parse_ids(text: str) -> list[int]:
 
 
 def write_trace(path, trace: dict, **metadata) -> None:
-    from .checkpoint import save_safetensors
+    from .safetensors_io import save_safetensors
     meta = {"order": json.dumps(list(trace)), **{k: v if isinstance(v, str) else json.dumps(v)
                                                  for k, v in metadata.items()}}
     save_safetensors(path, {k: np.ascontiguousarray(v) for k, v in trace.items()}, meta)

@@ -29,7 +29,7 @@ entry (w, c) of a block takes the position term of distance ``P - (c - w)``.
 Weights ``p``: a mapping with the HF names under ``model.audio_tower.`` (``subsample_conv_projection.
 conv_0.conv.weight``, ``conformer.0.attention.attn.q_proj.weight``, ...): see ``audio_weight_shapes``.
 
-Precision (numerics doc sections 0, 2, 8): float32 mode follows the reference (the cumulative sums of
+Precision (docs/NUMERICS.md §0, §2, §8): float32 mode follows the reference (the cumulative sums of
 the group norm accumulate in float64 and round to float32, as torch does on CPU). float64 mode is float64
 throughout, with the reference's float32-valued constants: the attention q-scale and the inverse
 timescales of the position signal (``inv_timescales`` reproduces torch's float32 ``exp``, including the
@@ -45,11 +45,10 @@ Left out: the ``gradient_clipping`` clamps at +-1e10 (no-ops at inference), trai
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
-from .checkpoint import sub_params
+from .params import sub_params
 from .config import AudioConfig
 from .errors import InputError
 from .ops import linear, rms_norm, silu, softcap, softmax, softplus

@@ -10,7 +10,7 @@ import pytest
 from minig3n.config import AudioConfig
 from minig3n.errors import InputError
 from tests.adapters import audio as A
-from tests.golden_io import load_golden, rel_err
+from tests.golden_io import load_golden, rel_err, tol32_whole_model
 
 pytestmark = pytest.mark.audio
 
@@ -112,19 +112,22 @@ def test_conformer_blocks(tiny, ctx, golden, tag):
 @pytest.mark.parametrize("golden", ["tiny", "ctx"])
 @pytest.mark.parametrize("tag", ["32", "64"])
 def test_audio_encoder_end_to_end(tiny, ctx, golden, tag):
-    """Padded batch, end to end: outputs, output mask, and every traced block."""
+    """Padded batch, end to end: outputs, output mask, and every traced block. Errors accumulate over the
+    chain (SSCP + each conformer block), so float32 gets the whole-model tolerance sqrt(depth) * 1e-5
+    (tests/golden_io.py:tol32_whole_model; measured worst over 4 OpenBLAS kernels x 1/2 threads: 1.24e-6)."""
     g = tiny if golden == "tiny" else ctx
     o = _out(g, tag)
+    tol = TOL[tag] if tag == "64" else tol32_whole_model(1 + _cfg(g).conf_num_hidden_layers)
     trace = {}
     out, mask = A.run_audio_encoder(g.inputs["features"].astype(DT[tag]), g.inputs["mask_invalid"].astype(bool),
                                     g.weights, _cfg(g), trace)
     assert out.dtype == DT[tag]
-    assert rel_err(out, o["out"]) <= TOL[tag]
+    assert rel_err(out, o["out"]) <= tol
     np.testing.assert_array_equal(mask, o["out_mask"].astype(bool))
     assert mask.any() and not mask.all()  # the batch really is padded
     assert rel_err(trace["model.audio_tower.subsample_conv_projection"], o["subsample_conv_projection"]) <= TOL[tag]
     for i in range(_cfg(g).conf_num_hidden_layers):
-        assert rel_err(trace[f"model.audio_tower.conformer.{i}"], o[f"conformer.{i}"]) <= TOL[tag]
+        assert rel_err(trace[f"model.audio_tower.conformer.{i}"], o[f"conformer.{i}"]) <= tol
     np.testing.assert_array_equal(trace["model.audio_tower"], out)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from minig3n.checkpoint import (Checkpoint, SafetensorsFile, as_bf16, bf16_bits_to_float32,
                                 float32_to_bf16_bits, load_safetensors, save_safetensors, text_weight_shapes)
-from minig3n.config import TextConfig, Gemma3nConfig
+from minig3n.config import TextConfig
 from minig3n.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.foundation

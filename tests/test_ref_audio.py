@@ -20,12 +20,31 @@ pytestmark = [pytest.mark.reference, pytest.mark.audio, pytest.mark.usefixtures(
 
 @pytest.mark.parametrize("kw", [{}, TINY, TINY_CTX], ids=["default", "tiny", "tiny_ctx"])
 def test_constants_equal_reference_buffers(kw):
-    """inv_timescales and q_scale are the reference's float32 buffers bit for bit (float64 mode relies on it)."""
+    """inv_timescales within one ulp of the reference's float32 buffer, q_scale bit for bit.
+
+    torch's float32 ``exp`` on the CPU is faithfully, not correctly, rounded, and *which* entries land one ulp
+    away depends on the processor (its SIMD code path): on the machine where the goldens were written 10 of
+    the 768 default timescales differed from the correctly rounded value, on another x86_64 machine 16. So
+    minig3n keeps the table recorded with the goldens (``usm._TORCH_EXP_ULP_NUDGES``) and this live check
+    allows the last bit; the live float64 encoder test below gives the reference minig3n's table, so that
+    it compares the computation, not the machine's exp."""
     cfg = Gemma3nAudioConfig(**kw)
     rpe = Gemma3nAudioRelativePositionEmbedding(cfg)
-    np.testing.assert_array_equal(A.run_inv_timescales(cfg.hidden_size), rpe.inv_timescales.numpy().reshape(-1))
+    ours = A.run_inv_timescales(cfg.hidden_size)
+    theirs = rpe.inv_timescales.numpy().reshape(-1)
+    ulps = np.abs(ours.view(np.int32).astype(np.int64) - theirs.view(np.int32).astype(np.int64))
+    assert ours.dtype == theirs.dtype == np.float32 and ulps.max() <= 1, f"{ulps.max()} ulps apart"
+    assert (ulps != 0).mean() < 0.05, f"{int((ulps != 0).sum())} of {ulps.size} entries differ"
     att = Gemma3nAudioAttention(cfg)
     assert np.float32(A.run_q_scale(cfg.hidden_size // cfg.conf_num_attention_heads)) == att.q_scale.numpy()
+
+
+def _use_minig3n_timescales(m, hidden_size):
+    """Give the reference minig3n's float32 timescale table (see test_constants_equal_reference_buffers)."""
+    table = torch.from_numpy(A.run_inv_timescales(hidden_size))
+    for mod in m.modules():
+        if isinstance(mod, Gemma3nAudioRelativePositionEmbedding):
+            mod.inv_timescales.copy_(table.reshape(mod.inv_timescales.shape))
 
 
 def _encoder(kw, seed):
@@ -55,6 +74,7 @@ def test_lift_leaves_float32_unchanged():
 def test_tiny_encoder_live(kw, seed):
     """Fresh seeds, padded batch of three: float32 <= 1e-5, lifted float64 <= 1e-10 (tests/README.md)."""
     m = _encoder(kw, seed)
+    _use_minig3n_timescales(m, kw["hidden_size"])
     f, mi = _features(kw["input_feat_size"], [11000, 4100, 700], 60 + seed)
     p = {k: v.detach().numpy() for k, v in m.named_parameters()}
     cfg = AudioConfig(**kw)
@@ -149,7 +169,8 @@ def test_tiny_checkpoint_audio_features(tiny_dir):
     (encoder + embed_audio soft path) and through minig3n's loader: float32 <= 1e-5, lifted float64 <= 1e-10."""
     from transformers import Gemma3nForConditionalGeneration
 
-    import tests.reference.timm_custom  # noqa: F401  registers the checkpoint's small vision encoder
+    from tests.reference.timm_custom import register
+    register()  # registers the checkpoint's small vision encoder
     from minig3n.checkpoint import Checkpoint
     model = Gemma3nForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     waves = [wave(200, 20000), wave(201, 7000)]

@@ -164,7 +164,8 @@ def test_multimodal_slice_loads_in_the_reference(tiny_dir, tmp_path):
     """The tiny multimodal checkpoint (Gemma3nForConditionalGeneration, BF16), cut by minig3n: transformers
     loads it with nothing missing, its towers equal the source's, and its float64 text logits match minig3n's
     (rel_err <= 1e-10)."""
-    import tests.reference.timm_custom  # noqa: F401  registers mobilenetv5_custom_enc with timm
+    from tests.reference.timm_custom import register
+    register()  # registers mobilenetv5_custom_enc with timm
     from transformers import Gemma3nForConditionalGeneration
     from minig3n.decoder import forward, load_text_model
     from tests.reference.lift_text import lifted_text

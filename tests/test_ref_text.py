@@ -13,7 +13,7 @@ from minig3n import decoder
 from minig3n.kv_cache import KVCache
 from tests.golden_io import rel_err
 from tests.reference.lift_text import lifted_text
-from tests.reference.text_models import F, S, tiny_causal_lm, tiny_multimodal
+from tests.reference.text_models import F, tiny_causal_lm, tiny_multimodal
 
 pytestmark = [pytest.mark.reference, pytest.mark.text, pytest.mark.usefixtures("one_torch_thread")]
 

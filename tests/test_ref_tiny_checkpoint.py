@@ -11,14 +11,16 @@ pytestmark = [pytest.mark.reference, pytest.mark.foundation]
 
 @pytest.fixture(scope="module")
 def ref_model(tiny_dir):
-    import tests.reference.timm_custom  # noqa: F401  registers mobilenetv5_custom_enc
+    from tests.reference.timm_custom import register
+    register()  # registers mobilenetv5_custom_enc
     from transformers import Gemma3nForConditionalGeneration
     torch.set_num_threads(1)
     return Gemma3nForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
 
 
 def test_auto_classes_load(tiny_dir):
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import AutoModel, AutoProcessor, AutoTokenizer
     processor = AutoProcessor.from_pretrained(tiny_dir)
     cfg = json.loads((tiny_dir / "config.json").read_text())

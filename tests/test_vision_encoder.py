@@ -7,7 +7,7 @@ import pytest
 from minig3n.config import VisionConfig
 from minig3n.errors import CheckpointError, ConfigError, InputError
 from tests.adapters import vision as V
-from tests.golden_io import load_golden, rel_err
+from tests.golden_io import load_golden, rel_err, tol32_whole_model
 
 pytestmark = pytest.mark.vision
 
@@ -182,12 +182,19 @@ def test_each_block_matches_reference(golden, case, dtype, out, tol):
     assert len(errs) == len(names) + 1
 
 
+# Whole encoder, errors accumulating over its 16 chained modules (stem, 14 blocks, MSFA): float32 gets
+# sqrt(16) * 1e-5 = 4e-5, derived and measured over BLAS kernels and thread counts in
+# tests/golden_io.py:tol32_whole_model (worst seen 1.24e-5, OpenBLAS Haswell kernel, 1 thread).
+TOL32_ENCODER = tol32_whole_model(16)
+
+
 @pytest.mark.parametrize("case", ["sq", "odd"])
-@pytest.mark.parametrize("dtype, out, tol", [(np.float64, "out64", TOL64), (np.float32, "out32", TOL32)])
+@pytest.mark.parametrize("dtype, out, tol", [(np.float64, "out64", TOL64), (np.float32, "out32", TOL32_ENCODER)])
 def test_encoder_end_to_end_matches_reference(golden, case, dtype, out, tol):
     """Pixels -> MSFA output, every traced module compared along the way (errors accumulate here)."""
     g = golden
     ref = {k[len(case) + 1:]: v for k, v in getattr(g, out).items() if k.startswith(case + ".")}
+    assert len(ref) - 1 == 16              # the depth TOL32_ENCODER is derived for (+ soft_tokens)
     trace = {}
     got = V.run_vision_encoder(g.inputs[f"{case}.pixel_values"].astype(dtype), _weights(g, dtype), _cfg(g, case),
                                trace=trace)

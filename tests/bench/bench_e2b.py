@@ -77,8 +77,6 @@ def prompt_ids(P: int, V: int):
 # ---------------------------------------------------------------------------------------------------------
 
 def work_minig3n(d: Path, P: int, new: int) -> dict:
-    import numpy as np
-
     from minig3n import decoder
     from minig3n.generate import Generator, Prompt
     from minig3n.kv_cache import KVCache

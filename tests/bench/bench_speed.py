@@ -286,7 +286,8 @@ def run_reference(work: Path, case: str, quick: bool, repeats: int, threads: int
             import timm
             from safetensors.torch import load_file
 
-            import tests.reference.timm_custom  # noqa: F401  (registers the custom-spec architecture)
+            from tests.reference.timm_custom import register
+            register()  # registers the custom-spec architecture
             vcfg = json.loads((work / "vision.json").read_text())
             m = timm.create_model(vcfg["architecture"], pretrained=False, num_classes=0,
                                   **(vcfg.get("model_args") or {})).eval()

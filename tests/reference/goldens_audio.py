@@ -23,16 +23,14 @@ import types
 
 import numpy as np
 import torch
-
-import transformers
 from transformers import Gemma3nAudioConfig, Gemma3nAudioFeatureExtractor
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder
 
 from tests.golden_io import save_golden
 from tests.reference.lift_audio import lift_audio
+from tests.reference.versions import stamp
 
-VERSIONS = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
-            "numpy": np.__version__}
+VERSIONS = dict(stamp("transformers", "torch", local=False), numpy=np.__version__)
 
 TINY = dict(input_feat_size=32, hidden_size=32, conf_num_attention_heads=4, conf_num_hidden_layers=2,
             sscp_conv_channel_size=[16, 8], conf_conv_kernel_size=3, conf_attention_chunk_size=4,

@@ -23,6 +23,7 @@ from tests.golden_io import save_golden
 from tests.reference.generation_cases import (CONVERSATIONS, DECODE_BYTE_RUNS, GENERATION_PROMPTS,
                                               TOKENIZER_STRINGS)
 from tests.reference.make_tiny_checkpoint import OUT as TINY, randomize_with_margins
+from tests.reference.versions import stamp
 
 MAX_NEW = 64
 SECOND_SEED = 424242
@@ -51,7 +52,8 @@ def reference_processor():
 
 def tiny_model():
     import torch
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import Gemma3nForConditionalGeneration
     return Gemma3nForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
 
@@ -88,7 +90,7 @@ def byte_run_ids(tok, run):
 def make():
     import torch
     torch.set_num_threads(1)
-    versions = {"transformers": __import__("transformers").__version__, "torch": torch.__version__}
+    versions = stamp("transformers", "torch")
 
     tok = reference_tokenizer()
     ids = [tok(s)["input_ids"] for s in TOKENIZER_STRINGS]

@@ -21,6 +21,7 @@ import numpy as np
 from tests.golden_io import save_golden
 from tests.multimodal_cases import conversation, make_audio, make_images
 from tests.reference.make_tiny_checkpoint import OUT as TINY
+from tests.reference.versions import stamp
 
 MAX_NEW = 32
 
@@ -35,7 +36,8 @@ def reference_inputs(messages, backend="pil") -> dict:
 def reference_model(dtype="float32"):
     import torch
 
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import Gemma3nForConditionalGeneration
     m = Gemma3nForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
     return m.double() if dtype == "float64" else m
@@ -90,5 +92,4 @@ def make():
                 {"logits": l32[pos], "argmax": l32.argmax(-1), "greedy_tokens": np.asarray(tokens)},
                 {"logits": l64[pos]},
                 {"model": "weights/tiny-random-gemma3n", "messages": "tests.multimodal_cases.conversation",
-                 "max_new_tokens": MAX_NEW, "image_backend": "pil", "torch": torch.__version__,
-                 "transformers": __import__("transformers").__version__})
+                 "max_new_tokens": MAX_NEW, "image_backend": "pil", **stamp("torch", "transformers")})

@@ -15,6 +15,7 @@ import numpy as np
 
 from tests.golden_io import save_golden
 from tests.reference.nano import evaluate
+from tests.reference.versions import stamp
 
 NANO = Path(__file__).resolve().parents[2] / "weights" / "nano-gemma3n"
 N_NEW = 64
@@ -59,4 +60,5 @@ def make():
     out32["eval_slice_token_loss"] = reference_token_losses(model, wins)
     sha = hashlib.sha256((NANO / "model.safetensors").read_bytes()).hexdigest()
     save_golden("nano_greedy", inputs, {}, out32, {},
-                {"prompts": list(evaluate.PROMPTS), "model_safetensors_sha256": sha, "new_tokens": N_NEW})
+                {"prompts": list(evaluate.PROMPTS), "model_safetensors_sha256": sha, "new_tokens": N_NEW,
+                 "versions": stamp("torch", "transformers")})

@@ -30,6 +30,7 @@ import torch
 from tests.golden_io import save_golden
 from tests.reference.lift_text import lifted_text
 from tests.reference.text_models import S, F, tiny_causal_lm
+from tests.reference.versions import stamp
 
 SEED = 1234
 B, T, PAD = 2, 14, 4
@@ -62,12 +63,7 @@ def _meta(model, **extra) -> dict:
                                 "altup_num_inputs", "altup_active_idx", "altup_correct_scale",
                                 "activation_sparsity_pattern", "rope_parameters", "final_logit_softcapping",
                                 "rms_norm_eps", "model_type", "pad_token_id", "eos_token_id", "bos_token_id")}
-    return {"config": keep, "seed": SEED, "torch": torch.__version__, "transformers": _tf_version(), **extra}
-
-
-def _tf_version():
-    import transformers
-    return transformers.__version__
+    return {"config": keep, "seed": SEED, **stamp("torch", "transformers"), **extra}
 
 
 def _inputs(vocab, pad=True):

@@ -28,6 +28,7 @@ import torch
 
 from tests.golden_io import save_golden
 from tests.reference.timm_custom import ARCH_NAME
+from tests.reference.versions import stamp
 
 SPEC = {
     "stem_size": 6,
@@ -176,8 +177,7 @@ def make():
     meta = {"spec": SPEC, "cases": {k: {"shape": list(v["shape"]), "msfa_output_resolution": v["res"]}
                                     for k, v in CASES.items()},
             "vision_config": vision_config_dict(SPEC), "text_hidden_size": TEXT_HIDDEN,
-            "reference": {"timm": __import__("timm").__version__, "torch": torch.__version__,
-                          "transformers": __import__("transformers").__version__}}
+            "reference": stamp("timm", "torch", "transformers")}
     save_golden("vision_encoder", inputs, w, out32, out64, meta)
     make_image_fixture()
 
@@ -214,6 +214,5 @@ def make_image_fixture():
             for name, im in list(make_images().items()) + list(make_arrays().items()):
                 out32[f"{cname}.{name}"] = proc(im, return_tensors="np")["pixel_values"][0]
     meta = {"configs": SMALL_CONFIGS, "backend": "SiglipImageProcessorPil",
-            "reference": {"transformers": __import__("transformers").__version__,
-                          "pillow": __import__("PIL").__version__}}
+            "reference": stamp("transformers", "pillow")}
     return save_golden("vision_image", {}, {}, out32, {}, meta)

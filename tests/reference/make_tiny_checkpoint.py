@@ -252,7 +252,8 @@ def randomize_with_margins(model, seed: int) -> None:
 
 def build_model():
     import torch
-    import tests.reference.timm_custom  # noqa: F401  registers mobilenetv5_custom_enc
+    from tests.reference.timm_custom import register
+    register()  # registers mobilenetv5_custom_enc
     from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nTextConfig, Gemma3nVisionConfig
     from transformers import Gemma3nForConditionalGeneration
 

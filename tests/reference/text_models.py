@@ -62,7 +62,6 @@ def tiny_causal_lm(seed: int = 0, **overrides):
 
 def state_dict_numpy(model, dtype="float32") -> dict:
     """The model's tensors as NumPy arrays under their HF names (tied lm_head dropped)."""
-    import numpy as np
     return {k: v.detach().to(torch.float64).numpy().astype(dtype) for k, v in model.state_dict().items()
             if k != "lm_head.weight"}
 
@@ -72,7 +71,8 @@ def tiny_multimodal(seed: int = 0, **text_overrides):
     audio encoder and a small MobileNetV5 (``timm_custom``); special ids laid out as in the real vocabulary:
     text ids [0, 256), then 22 vision ids (eoi 256, image soft 257), then 22 audio ids (eoa 278, audio soft 279).
     For the text decoder's sake only: feed it text ids."""
-    import tests.reference.timm_custom  # noqa: F401
+    from tests.reference.timm_custom import register
+    register()
     from transformers import Gemma3nConfig, Gemma3nForConditionalGeneration
     text = tiny_config(**text_overrides).to_dict()
     cfg = Gemma3nConfig(

@@ -6,7 +6,8 @@ block strings such as ``"uir_r1_a3_k5_s2_e6_c24"``) and ``stem_size``. Everythin
 ``mobilenetv5_300m_enc``: TF-"same" padding, RmsNorm2d, GELU (tanh), layer scale, MSFA on the last two
 feature maps to 2048 x 16 x 16 (``msfa_output_resolution`` may be overridden in model_args too).
 
-Import this module (it registers on import) before building a reference model from such a config.
+Call ``register()`` (or just import this module: it registers on import) before building a reference model
+from such a config.
 """
 from functools import partial
 
@@ -38,6 +39,12 @@ def _mobilenetv5_custom_enc(pretrained=False, arch_def=None, stem_size=64, **kwa
     return _create_mnv5_encoder("mobilenetv5_300m_enc", pretrained, **model_kwargs)
 
 
-if not is_model(ARCH_NAME):
-    _mobilenetv5_custom_enc.__name__ = ARCH_NAME
-    register_model(_mobilenetv5_custom_enc)
+def register() -> str:
+    """Register ``ARCH_NAME`` with timm (idempotent); returns the name."""
+    if not is_model(ARCH_NAME):
+        _mobilenetv5_custom_enc.__name__ = ARCH_NAME
+        register_model(_mobilenetv5_custom_enc)
+    return ARCH_NAME
+
+
+register()

@@ -80,7 +80,8 @@ def load_reference(model_dir, dtype: str = "float32"):
     if model_type == "gemma3n_text":
         from transformers import Gemma3nForCausalLM as cls
     else:
-        import tests.reference.timm_custom  # noqa: F401  (registers small MobileNetV5 specs)
+        from tests.reference.timm_custom import register
+        register()  # registers small MobileNetV5 specs
         from transformers import Gemma3nForConditionalGeneration as cls
     model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
     return model.double() if dtype == "float64" else model

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, evaluate
-from .model import CONFIG, CONTEXT, build
+from .model import CONTEXT, build
 
 DEFAULTS = dict(steps=1400, batch=16, lr=2e-3, min_lr=2e-4, warmup=100, weight_decay=0.1, clip=1.0, seed=1234)
 
