@@ -42,10 +42,11 @@ def conv2d(x, w, stride=1, dilation=1, bias=None):
     Yo, Xo = -(-Y // stride), -(-X // stride)
     w = w.astype(x.dtype, copy=False)
     if k == 1 and stride == 1:
-        return pointwise_conv(x, w)
-    cols = _windows(pad_same(x, k, stride, dilation), k, stride, dilation, Yo, Xo)  # [B, Ci, k, k, Yo, Xo]
-    cols = cols.reshape(B, Ci * k * k, Yo * Xo)                                 # [B, Ci*k*k, Yo*Xo] (copy)
-    y = np.matmul(w.reshape(Co, Ci * k * k), cols).reshape(B, Co, Yo, Xo)      # [B, Co, Yo, Xo]
+        y = pointwise_conv(x, w)                                                # [B, Co, Y, X]
+    else:
+        cols = _windows(pad_same(x, k, stride, dilation), k, stride, dilation, Yo, Xo)  # [B, Ci, k, k, Yo, Xo]
+        cols = cols.reshape(B, Ci * k * k, Yo * Xo)                             # [B, Ci*k*k, Yo*Xo] (copy)
+        y = np.matmul(w.reshape(Co, Ci * k * k), cols).reshape(B, Co, Yo, Xo)  # [B, Co, Yo, Xo]
     return y if bias is None else y + bias.astype(x.dtype, copy=False)[:, None, None]
 
 

@@ -295,3 +295,14 @@ def test_mqa_with_zero_queries_averages_values_by_hand():
     mean_v = np.einsum("dc,cyx->d", wv[:, :, 0, 0], xn[0]) / 15             # [d]
     want = x + (wo[:, :, 0, 0] @ np.tile(mean_v, h))[None, :, None, None]
     assert rel_err(V.run_block(x, p, cfg, 1, 1), want) < 1e-14
+
+
+def test_pointwise_conv_adds_its_bias_by_hand():
+    """A 1x1 stride-1 conv is a per-pixel matmul; its bias must be added too (the fast path once dropped it)."""
+    from minig3n.conv2d import conv2d
+    x = np.arange(2 * 3 * 2 * 2, dtype=np.float64).reshape(2, 3, 2, 2)          # [B, Ci, Y, X]
+    w = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, -1.0]])[:, :, None, None]          # [Co=2, Ci=3, 1, 1]
+    b = np.array([10.0, -5.0])
+    want = np.stack([x[:, 0] + 10.0, 2 * x[:, 1] - x[:, 2] - 5.0], axis=1)      # by hand: [B, 2, Y, X]
+    np.testing.assert_array_equal(conv2d(x, w, bias=b), want)
+    np.testing.assert_array_equal(conv2d(x, w), want - b[None, :, None, None])

@@ -15,10 +15,16 @@ reference's golden outputs with exactly the tests that check minig3n. Without th
 Rules (see walkthrough/ASSIGNMENTS.md):
 
 * A student file is a plain Python file ``<dir>/<module>.py`` named like the minig3n module it replaces.
-  It is imported by path under the name ``minig3n_student.<module>``, so it must use absolute imports
-  (``from minig3n.ops import linear, rms_norm``), not minig3n's relative ones (``from .ops import ...``).
+  The folder is a package of its own (``tests/grading/student.py``): it is put first on ``sys.path`` and
+  imported as ``minig3n_student``, so the student's files import each other either way
+  (``from laurel import laurel`` or ``from .laurel import laurel``) and import minig3n's helpers
+  absolutely (``from minig3n.ops import linear, rms_norm``).
 * A file that exists but fails to import is an error (the test fails with the import error), never a
   silent fall-back to minig3n. A ``MINIG3N_STUDENT`` that is not a directory is an error too.
+* A graded name (tests/grading/points.csv) that the student's file only re-exports from minig3n's module
+  of the same name (``from minig3n.laurel import laurel``) is refused with ``NotYourCodeError``: green must
+  mean the student's code ran. (The full check, including wrappers and golden-file reads, is the grader:
+  ``python -m tests.grade``.)
 * Only the adapters' direct calls are swapped: minig3n's own modules keep calling minig3n (the student's
   ``laurel`` is graded by the LAuReL tests, not inside minig3n's decoder layer).
 """
@@ -51,7 +57,8 @@ def student_dir() -> Path | None:
 
 
 def student_module(name: str):
-    """The student's module ``<dir>/<name>.py``, imported by path (cached per file version), or None."""
+    """The student's module ``<dir>/<name>.py`` (``minig3n_student.<name>``, reloaded when the file changes),
+    or None."""
     d = student_dir()
     if d is None:
         return None
@@ -60,18 +67,27 @@ def student_module(name: str):
         return None
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _loaded:
-        mod_name = f"minig3n_student.{name}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
+        from tests.grading import student
+        for stale in [k for k in _loaded if k[0] == str(path)]:
+            del _loaded[stale]
+        for mod_name in (f"{student.PKG}.{name}", name):     # both import styles name the same file
+            m = sys.modules.get(mod_name)
+            if m is not None and getattr(m, "__file__", None) and Path(m.__file__).resolve() == path:
+                del sys.modules[mod_name]
         try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(mod_name, None)
-            raise StudentImportError(f"{path}: importing your module failed ({type(e).__name__}: {e}); "
-                                     "use absolute imports such as 'from minig3n.ops import rms_norm'") from e
-        _loaded[key] = module
+            _loaded[key] = student.import_module(d, name)
+        except student.StudentImportError as e:
+            raise StudentImportError(str(e)) from e
     return _loaded[key]
+
+
+class NotYourCodeError(RuntimeError):
+    pass
+
+
+def _graded_names(module: str) -> set:
+    from tests.grading.points import load
+    return {r.function for r in load() if r.module == module}
 
 
 class _Resolver:
@@ -83,7 +99,11 @@ class _Resolver:
     def __getattr__(self, attr: str):
         student = student_module(self._name)
         if student is not None and attr in vars(student):
-            return vars(student)[attr]
+            obj = vars(student)[attr]
+            if getattr(obj, "__module__", None) == f"minig3n.{self._name}" and attr in _graded_names(self._name):
+                raise NotYourCodeError(f"{student.__file__}: {attr} is minig3n's own minig3n.{self._name}.{attr}, "
+                                       "re-exported; write your own (walkthrough/ASSIGNMENTS.md)")
+            return obj
         return getattr(importlib.import_module(f"minig3n.{self._name}"), attr)
 
     def __repr__(self):
