@@ -6,9 +6,10 @@ doubles the bytes a decode step reads (9.7 GB instead of 4.85 GB per token for E
 memory (15.8 GiB). Here a 2-D BF16 tensor of the text decoder is handed out as a ``BF16Weight`` (its uint16
 bits, a read-only view into the memory map, and its shape) and ``ops.linear`` multiplies with it directly:
 
-* **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits the output rows
-  over the threads (``prange``), widens one weight row at a time into a small buffer and takes its dot
-  product with each token in float32. The weights are read once per call, 2 bytes per entry.
+* **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits
+  the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread),
+  widens one weight row at a time into a small buffer and takes its dot product with each token in float32.
+  The weights are read once per call, 2 bytes per entry.
   NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
 * **many rows** (prefill): blocks of ``BLOCK_ROWS`` weight rows are widened into a reusable float32 buffer
   and multiplied by BLAS (``blocked``): one GEMM per block; the widening is a NumPy shift into the buffer.
@@ -89,7 +90,7 @@ def linear(x: np.ndarray, w: BF16Weight) -> np.ndarray:
     if x2.shape[0] <= GEMV_ROWS:
         y = gemv_numba(x2, w.bits) if numba else gemv_numpy(x2, w.bits)
     else:
-        y = blocked(x2, w.bits, numba)
+        y = blocked(x2, w.bits)
     return y.reshape(*lead, O)
 
 
@@ -97,11 +98,12 @@ def linear(x: np.ndarray, w: BF16Weight) -> np.ndarray:
 def gemv_numpy(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """NumPy twin of the GEMV kernel: ``x @ widen(bits).T`` one block of rows at a time (nothing whole is
     widened).   [N, in], [out, in] -> [N, out]"""
-    return blocked(x, bits, numba=False)
+    return blocked(x, bits)
 
 
 def gemv_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """The compiled GEMV: output rows split over the threads.   [N, in] float32, [out, in] uint16 -> [N, out]"""
+    """The compiled GEMV (output rows split over the threads for big matrices).
+    [N, in] float32, [out, in] uint16 -> [N, out]"""
     y = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
     k = _kernels()
     (k.gemv_serial if bits.size <= SERIAL_SIZE else k.gemv_parallel)(x, bits, y)   # small: not worth waking threads
@@ -119,11 +121,11 @@ def _buffer(rows: int, width: int) -> np.ndarray:
     return buf[:rows]
 
 
-def blocked(x: np.ndarray, bits: np.ndarray, numba: bool = False) -> np.ndarray:
+def blocked(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """``x @ widen(bits).T`` widening ``BLOCK_ROWS`` weight rows at a time into one reusable buffer.
-    [N, in] float32, [out, in] uint16 -> [N, out]. The same code with or without numba (``numba`` is
-    ignored): a parallel numba widening loop measured slower than NumPy's shift here (834 ms against 570 ms
-    for a T=128 8192 x 2048 product, same minute) -- its threads and OpenBLAS's fight over the two cores."""
+    [N, in] float32, [out, in] uint16 -> [N, out]. The same code with or without numba: a parallel numba
+    widening loop measured slower than NumPy's shift here (834 ms against 570 ms for a T=128 8192 x 2048
+    product, same minute) -- its threads and OpenBLAS's fight over the two cores."""
     O, I = bits.shape
     y = np.empty((x.shape[0], O), dtype=np.float32)
     rows = max(1, min(O, BLOCK_ROWS * 2048 // max(I, 1)))          # about 8 MiB of float32 per block

@@ -6,7 +6,8 @@ Tolerances (rel_err = max abs difference / max abs value):
   in float32, in different orders (the kernel's sum is vectorised by LLVM, BLAS blocks its own way). Each
   order is within about sqrt(in) ulp of the exact sum; rows of up to 8192 entries give a few 1e-7, and 2e-6
   stays 5x inside the 1e-5 of the float32 goldens. Both are also checked against the float64 product.
-* Blocked path (prefill) numba vs NumPy: identical (the same widened block, the same BLAS call).
+* Blocked path (prefill): the same NumPy code with or without numba; against the whole-matrix float32 product
+  and the float64 one, <= 2e-6 (BLAS may order a block's sums differently from the whole matrix's).
 * attend_blocks vs attend: float64 <= 1e-12, float32 <= 1e-6: each row is the same softmax over the same
   visible keys; the hidden keys (exact zeros) are left out, so only the length, hence the order, of the sums
   changes.
@@ -50,12 +51,14 @@ def test_gemv_kernel_matches_numpy_twin(shape, n):
 
 
 @pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_blocked_widening_identical_in_both_modes(shape):
+def test_blocked_widening_matches_float32_product(shape):
+    """The prefill path (the same NumPy code in both modes) against the product with the whole matrix widened
+    (same float32 BLAS, blocked over output rows) and the float64 product."""
     rng = np.random.default_rng(shape[0])
     bits = random_bits(rng, shape)
     x = rng.standard_normal((40, shape[1]), dtype=np.float32)
-    a, b = bf16.blocked(x, bits, numba=True), bf16.blocked(x, bits, numba=False)
-    assert np.array_equal(a, b)
+    a = bf16.blocked(x, bits)
+    assert rel_err(a, x @ bf16.widen(bits).T) <= GEMV_TOL
     assert rel_err(a, x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T) <= GEMV_TOL
 
 
