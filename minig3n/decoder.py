@@ -81,7 +81,10 @@ def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
     else:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
-    ckpt.check_shapes(text_weight_shapes(cfg, prefix))
+    shapes = text_weight_shapes(cfg, prefix)
+    ckpt.check_shapes(shapes)
+    table = prefix + "embed_tokens_per_layer.weight"             # read row by row, never whole
+    ckpt.prefetch([n for n in shapes if n != table and ckpt.keeps_bf16(n)])  # BF16 kept: start reading (cold start)
     return TextModel(cfg, ckpt, prefix)
 
 

@@ -149,3 +149,25 @@ def test_attend_blocks_matches_attend(dtype, window, past, T, chunk, padded):
     assert rel_err(got, want) <= ATTN_TOL[dtype]
     if T <= chunk:
         assert np.array_equal(got, want)                      # short calls take the plain path
+
+
+def test_load_prefetches_the_bf16_matrices_but_not_the_ple_table(monkeypatch):
+    """Cold start: load_text_model asks the OS to read ahead exactly the BF16 matrices it keeps as BF16 (their
+    byte ranges), never the per-layer-embedding table (read row by row); float64 mode prefetches nothing."""
+    import os
+
+    from minig3n import decoder
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)))
+    model = decoder.load_text_model(TINY)
+    ck, pre = model.ckpt, model.prefix
+    kept = [n for n in ck.names if n.startswith(pre) and ck.keeps_bf16(n) and "embed_tokens_per_layer" not in n]
+    want = set()
+    for n in kept:
+        f = ck.file_of(n)
+        b, e = f.header[n]["data_offsets"]
+        want.add((f.data_start + b, e - b, os.POSIX_FADV_WILLNEED))
+    assert len(kept) > 10 and set(calls) == want and len(calls) == len(want)
+    calls.clear()
+    decoder.load_text_model(TINY, np.float64)
+    assert calls == []
