@@ -20,6 +20,10 @@ ecosystem; ``dir`` is a checkpoint directory in Hugging Face layout, ``dtype`` f
     minig3n.generate(dir, "To be", max_new_tokens=20)      # one call; yields (token id, text piece)
     minig3n.SamplingParams(temperature, top_k, top_p, seed); minig3n.default_model_dir()
 
+    minig3n.write_trace(path, {name: array}, ids=[...])    # a trace file (docs/PORTING.md)
+    tensors, meta = minig3n.load_trace(path)               # names in forward order, metadata decoded
+    rows = minig3n.compare_traces(a, b, preset="float32")  # per tensor: error, inputs' error, worst index
+
 Names are imported on first use, so ``import minig3n`` (and ``minig3n --help``) stays fast.
 """
 __version__ = "0.1.0"
@@ -30,6 +34,7 @@ _API = {
     "Generator": "generate", "generate": "generate", "build_prompt": "generate", "SamplingParams": "sampling",
     "load_text_model": "decoder", "forward": "decoder", "load_multimodal_model": "multimodal",
     "default_model_dir": "default_model", "Minig3nError": "errors",
+    "write_trace": "trace", "load_trace": "compare", "compare_traces": "compare",
 }
 __all__ = ["__version__", *_API]
 

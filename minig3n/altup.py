@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import linear, rms_norm
+from .ops import constant, linear, rms_norm
 
 
 def router_modalities(x, p, cfg):
     """``tanh(modality_router(router_norm(x) / D))``.   [..., D] -> [..., K]
 
     ``p``: ``router_norm.weight`` [D], ``modality_router.weight`` [K, D]."""
-    scale = x.dtype.type(np.float32(cfg.hidden_size ** -1.0))
+    scale = constant(cfg.hidden_size ** -1.0, x.dtype, getattr(cfg, "exact_constants", False))
     r = rms_norm(x, p["router_norm.weight"], cfg.rms_norm_eps) * scale        # [..., D]
     return np.tanh(linear(r, p["modality_router.weight"]))                    # [..., K] (tanh in float32 in fp32 mode)
 

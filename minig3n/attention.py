@@ -43,8 +43,12 @@ from .ops import linear, rms_norm, softmax
 
 
 # RoPE ------------------------------------------------------------------------------------------------------
-def rope_inv_freq(base: float, head_dim: int) -> np.ndarray:
-    """``1 / base ** (arange(0, E, 2) / E)`` as the reference's float32 buffer.   -> [E/2] float32"""
+def rope_inv_freq(base: float, head_dim: int, exact: bool = False) -> np.ndarray:
+    """``1 / base ** (arange(0, E, 2) / E)`` as the reference's float32 buffer.   -> [E/2] float32
+
+    ``exact``: computed in float64 instead (float64 ports compared with each other)."""
+    if exact:
+        return 1.0 / np.float64(base) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [E/2]
     exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)   # [E/2] float32
     powered = (np.float64(base) ** exponent.astype(np.float64)).astype(np.float32)  # [E/2] rounded powf
     return np.float32(1.0) / powered                                                # [E/2] float32
@@ -165,18 +169,25 @@ def attend_blocks(q, k, v, band: KeyBand, chunk: int = ATTN_CHUNK):
     return out
 
 
-def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_kv=None):
+def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_kv=None, rec=None):
     """One attention block.   [B, T, D] -> ([B, T, D], (k [B, S, G, E], v [B, S, G, E]))
 
     ``past_kv``: the cached (k, v) of this layer (keys before this call), or None. ``shared_kv``: the producer's
     (k, v) for a KV-shared layer (then this layer computes no K/V). ``mask`` [B|1, T, S] matches the keys used,
     or a ``KeyBand`` describing it (then long prompts attend block by block: ``attend_blocks``).
-    Returns the output and the keys/values it attended over (what a producer stores and shares)."""
+    Returns the output and the keys/values it attended over (what a producer stores and shares).
+    ``rec(name, array)``, if given, receives ``q`` (after q_norm and RoPE) and, unless KV-shared, this call's
+    ``k`` (after k_norm and RoPE) and ``v`` (after v_norm)."""
     q = query_states(x, p, cfg, cos, sin)                                     # [B, T, N, E]
+    if rec is not None:
+        rec("q", q)
     if shared_kv is not None:
         k, v = shared_kv                                                      # [B, S, G, E] each
     else:
         k, v = key_value_states(x, p, cfg, cos, sin)                          # [B, T, G, E] each
+        if rec is not None:
+            rec("k", k)
+            rec("v", v)
         if past_kv is not None:
             k = np.concatenate([past_kv[0], k], axis=1)                       # [B, S, G, E]
             v = np.concatenate([past_kv[1], v], axis=1)                       # [B, S, G, E]

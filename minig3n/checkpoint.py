@@ -29,8 +29,8 @@ import numpy as np
 
 from . import accel
 from .bf16 import BF16Weight
-from .config import Gemma3nConfig
-from .errors import CheckpointError
+from .config import Gemma3nConfig, read_json
+from .errors import CheckpointError, ConfigError
 from .params import ParamView
 from .safetensors_io import (SafetensorsFile, as_bf16, bf16_bits_to_float32, float32_to_bf16_bits, load_safetensors,
                              save_safetensors, to_float)
@@ -42,6 +42,31 @@ BF16_ENV = "MINIG3N_BF16"   # "widen": widen every BF16 tensor to float32 on fir
 # walkthrough and the tests have always found them (they live in safetensors_io and weight_shapes).
 __all__ = ["Checkpoint", "SafetensorsFile", "as_bf16", "bf16_bits_to_float32", "float32_to_bf16_bits",
            "load_safetensors", "save_safetensors", "text_weight_shapes", "to_float"]
+
+
+def _open_file(path: Path) -> SafetensorsFile:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a safetensors file")
+    return SafetensorsFile(path)
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """``model.safetensors.index.json`` -> its weight_map {tensor name: shard file name}, checked by type."""
+    try:
+        d = read_json(index, "safetensors index")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(d, dict) or "weight_map" not in d:
+        raise CheckpointError(f"{index}: not a safetensors index (expected a JSON object with 'weight_map')")
+    weight_map = d["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: 'weight_map' must be an object {{tensor name: shard file}}, got "
+                              f"{type(weight_map).__name__} {json.dumps(weight_map)[:60]}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
+            raise CheckpointError(f"{index}: 'weight_map' entry for tensor '{name}' must be a file name in the "
+                                  f"checkpoint directory, got {json.dumps(shard)[:60]}")
+    return weight_map
 
 
 class Checkpoint:
@@ -69,24 +94,22 @@ class Checkpoint:
         index = self.dir / "model.safetensors.index.json"
         single = self.dir / "model.safetensors"
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError):
-                raise CheckpointError(f"{index}: not a safetensors index (expected a JSON object with "
-                                      "'weight_map')") from None
+            weight_map = read_index(index)
             for shard in sorted(set(weight_map.values())):
                 if not (self.dir / shard).exists():
                     raise CheckpointError(f"{index} names shard '{shard}', which is not in {self.dir}")
-                self.files[shard] = SafetensorsFile(self.dir / shard)
+                self.files[shard] = _open_file(self.dir / shard)
             for name, shard in weight_map.items():
                 if name not in self.files[shard].header:
                     raise CheckpointError(f"{index} puts tensor '{name}' in '{shard}', which does not hold it")
                 self.where[name] = shard
         elif single.exists():
-            self.files["model.safetensors"] = SafetensorsFile(single)
+            self.files["model.safetensors"] = _open_file(single)
             self.where = {n: "model.safetensors" for n in self.files["model.safetensors"].names}
         else:
             raise CheckpointError(f"{self.dir}: no model.safetensors and no model.safetensors.index.json")
+        for name, shard in self.where.items():
+            self.files[shard].storage(name)      # CheckpointError naming a tensor of a dtype minig3n cannot use
         self._cache: dict[str, np.ndarray] = {}
         # Text-only checkpoints (Gemma3nForCausalLM) keep the decoder at "model.", multimodal ones at
         # "model.language_model.".

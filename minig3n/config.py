@@ -33,11 +33,12 @@ Legend of the dimension letters used in shape comments throughout minig3n
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (check_types, int_or_int_list, is_int, is_number, optional_int_or_list, optional_positive,
+                            optional_str_list, read_json, require, sparsity, type_name)
 from .errors import ConfigError
 from .kv_share import kv_sharing_modes
 
@@ -49,11 +50,6 @@ def _known(cls, d: dict) -> dict:
     """Keep only the keys that are fields of dataclass ``cls`` (unknown keys are ignored, as documented)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}
-
-
-def _require(ok: bool, key: str, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {rule}")
 
 
 @dataclass
@@ -90,18 +86,32 @@ class TextConfig:
     laurel_rank: int = 64                      # R
     activation_sparsity_pattern: Any = None    # default: 0.95 on the first 10 layers if L > 10
 
+    _TYPES = {  # fields whose type is not the type of their default (see config_checks.check_types)
+        "intermediate_size": int_or_int_list, "eos_token_id": optional_int_or_list,
+        "layer_types": optional_str_list, "activation_sparsity_pattern": sparsity,
+        "final_logit_softcapping": optional_positive, "altup_coef_clip": optional_positive,
+        "pad_token_id": lambda v: (v is None or is_int(v), "an integer or null"),
+    }
+
     @classmethod
-    def from_dict(cls, d: dict) -> "TextConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "TextConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config key '{where.rstrip('.') or 'text_config'}': must be an object, "
+                              f"got {type_name(d)}")
         d = dict(d)
         # transformers >= 5 writes rope settings as rope_parameters{full_attention, sliding_attention};
         # older files carry rope_theta / rope_local_base_freq at the top level. Accept both.
         rope = d.pop("rope_parameters", None) or {}
+        require(isinstance(rope, dict), where + "rope_parameters", f"must be an object, got {type_name(rope)}")
         for layer_type, key in ((FULL, "rope_theta"), (SLIDING, "rope_local_base_freq")):
             sub = rope.get(layer_type) or {}
-            _require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
-                     "only 'default' RoPE is used by Gemma 3n")
+            require(isinstance(sub, dict), f"{where}rope_parameters.{layer_type}",
+                    f"must be an object, got {type_name(sub)}")
+            require(sub.get("rope_type", "default") == "default", f"rope_parameters.{layer_type}.rope_type",
+                    "only 'default' RoPE is used by Gemma 3n")
             if "rope_theta" in sub:
                 d[key] = sub["rope_theta"]
+        check_types(cls, d, where)
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
@@ -123,36 +133,47 @@ class TextConfig:
 
     def validate(self) -> None:
         L = self.num_hidden_layers
-        _require(L >= 1, "num_hidden_layers", "must be at least 1")
+        require(L >= 1, "num_hidden_layers", "must be at least 1")
         for key in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                     "hidden_size_per_layer_input", "laurel_rank", "altup_num_inputs", "sliding_window",
                     "max_position_embeddings", "vocab_size_per_layer_input"):
-            _require(int(getattr(self, key)) >= 1, key, f"must be a positive integer, got {getattr(self, key)!r}")
-        _require(len(self.intermediate_size) == L, "intermediate_size",
-                 f"a list needs one entry per layer: num_hidden_layers={L}, got {len(self.intermediate_size)}")
-        _require(all(int(i) >= 1 for i in self.intermediate_size), "intermediate_size", "entries must be >= 1")
-        _require(len(self.layer_types) == L, "layer_types",
-                 f"needs one entry per layer: num_hidden_layers={L}, got {len(self.layer_types)}")
+            require(int(getattr(self, key)) >= 1, key, f"must be a positive integer, got {getattr(self, key)!r}")
+        require(len(self.intermediate_size) == L, "intermediate_size",
+                f"a list needs one entry per layer: num_hidden_layers={L}, got {len(self.intermediate_size)}")
+        require(all(int(i) >= 1 for i in self.intermediate_size), "intermediate_size", "entries must be >= 1")
+        require(len(self.layer_types) == L, "layer_types",
+                f"needs one entry per layer: num_hidden_layers={L}, got {len(self.layer_types)}")
         bad = sorted(set(self.layer_types) - {SLIDING, FULL})
-        _require(not bad, "layer_types", f"entries must be '{SLIDING}' or '{FULL}', got {bad}")
-        _require(len(self.activation_sparsity_pattern) == L, "activation_sparsity_pattern",
-                 f"needs one entry per layer: num_hidden_layers={L}, got {len(self.activation_sparsity_pattern)}")
-        _require(all(0.0 <= s < 1.0 for s in self.activation_sparsity_pattern), "activation_sparsity_pattern",
-                 "entries must lie in [0, 1)")
-        _require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"must divide hidden_size ({self.hidden_size} % {self.num_attention_heads} != 0)")
-        _require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-                 f"must divide num_attention_heads ({self.num_attention_heads} % {self.num_key_value_heads} != 0)")
-        _require(self.head_dim % 2 == 0, "head_dim", "must be even (rotate-half RoPE)")
-        _require(0 <= self.altup_active_idx < self.altup_num_inputs, "altup_active_idx",
-                 f"must lie in [0, altup_num_inputs={self.altup_num_inputs})")
-        _require(self.vocab_size_per_layer_input <= self.vocab_size, "vocab_size_per_layer_input",
-                 f"must not exceed vocab_size ({self.vocab_size})")
-        _require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
-                 f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
-        _require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
-        _require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
-                 f"must lie in [0, num_hidden_layers={L})")
+        require(not bad, "layer_types", f"entries must be '{SLIDING}' or '{FULL}', got {bad}")
+        require(len(self.activation_sparsity_pattern) == L, "activation_sparsity_pattern",
+                f"needs one entry per layer: num_hidden_layers={L}, got {len(self.activation_sparsity_pattern)}")
+        require(all(0.0 <= s < 1.0 for s in self.activation_sparsity_pattern), "activation_sparsity_pattern",
+                "entries must lie in [0, 1)")
+        require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                f"must divide hidden_size ({self.hidden_size} % {self.num_attention_heads} != 0)")
+        require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+                f"must divide num_attention_heads ({self.num_attention_heads} % {self.num_key_value_heads} != 0)")
+        require(self.head_dim % 2 == 0, "head_dim", "must be even (rotate-half RoPE)")
+        require(0 <= self.altup_active_idx < self.altup_num_inputs, "altup_active_idx",
+                f"must lie in [0, altup_num_inputs={self.altup_num_inputs})")
+        require(self.vocab_size_per_layer_input <= self.vocab_size, "vocab_size_per_layer_input",
+                f"must not exceed vocab_size ({self.vocab_size})")
+        require(self.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "hidden_activation",
+                f"Gemma 3n uses gelu_pytorch_tanh, got {self.hidden_activation!r}")
+        require(not self.attention_bias, "attention_bias", "Gemma 3n attention has no bias")
+        for key in ("rms_norm_eps", "rope_theta", "rope_local_base_freq"):
+            v = getattr(self, key)
+            require(is_number(v) and v > 0, key, f"must be a positive finite number, got {v!r}")
+        for key in ("final_logit_softcapping", "altup_coef_clip"):
+            v = getattr(self, key)
+            require(v is None or (is_number(v) and v > 0), key,
+                    f"must be a positive finite number or null (off), got {v!r}")
+        require(all(0 <= i < self.vocab_size for i in self.eos_token_ids), "eos_token_id",
+                f"must be token ids below vocab_size={self.vocab_size}, got {self.eos_token_id!r}")
+        require(0 <= self.bos_token_id < self.vocab_size, "bos_token_id",
+                f"must be a token id below vocab_size={self.vocab_size}, got {self.bos_token_id!r}")
+        require(0 <= self.num_kv_shared_layers < L, "num_kv_shared_layers",
+                f"must lie in [0, num_hidden_layers={L})")
         kv_sharing_modes(self)   # every KV-shared layer's type needs a producer (the rule lives in kv_share)
 
     # Derived quantities -------------------------------------------------------------------------------
@@ -201,15 +222,25 @@ class AudioConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
+        require(isinstance(d, dict), "audio_config", f"must be an object, got {type_name(d)}")
+        check_types(cls, d, "audio_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        _require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
-                 f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
-        _require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
-        _require(self.conf_attention_context_left >= 1, "audio_config.conf_attention_context_left", "must be >= 1")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if is_int(v) and f.name not in ("conf_attention_context_right",):
+                require(1 <= v <= (1 << 24), f"audio_config.{f.name}", f"must be an integer in [1, 2**24], got {v}")
+            elif isinstance(v, float):
+                require(v > 0, f"audio_config.{f.name}", f"must be a positive finite number, got {v}")
+        require(0 <= self.conf_attention_context_right <= 1 << 24, "audio_config.conf_attention_context_right",
+                f"must be an integer >= 0, got {self.conf_attention_context_right}")
+        require(self.hidden_size % self.conf_num_attention_heads == 0, "audio_config.conf_num_attention_heads",
+                f"must divide hidden_size ({self.hidden_size} % {self.conf_num_attention_heads} != 0)")
+        require(len(self.sscp_conv_channel_size) == 2, "audio_config.sscp_conv_channel_size", "needs 2 entries")
+        require(self.conf_attention_context_left >= 1, "audio_config.conf_attention_context_left", "must be >= 1")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "model_type": "gemma3n_audio"}
@@ -234,15 +265,23 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisionConfig":
+        require(isinstance(d, dict), "vision_config", f"must be an object, got {type_name(d)}")
+        check_types(cls, d, "vision_config.")
         cfg = cls(**_known(cls, d))
         cfg.validate()
         return cfg
 
+    _TYPES = {"model_args": lambda v: (v is None or isinstance(v, dict), "an object or null")}
+
     def validate(self) -> None:
+        for key in ("hidden_size", "vocab_size", "vocab_offset"):
+            v = getattr(self, key)
+            require(1 <= v <= (1 << 24), f"vision_config.{key}", f"must be an integer in [1, 2**24], got {v}")
+        require(self.rms_norm_eps > 0, "vision_config.rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
         if self.architecture != "mobilenetv5_300m_enc":
-            _require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
-                     f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
-                     "must describe the block specs")
+            require(bool(self.model_args) and "arch_def" in self.model_args, "vision_config.model_args",
+                    f"architecture {self.architecture!r} is not mobilenetv5_300m_enc, so model_args.arch_def "
+                    "must describe the block specs")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "model_type": "gemma3n_vision"}
@@ -271,20 +310,23 @@ class Gemma3nConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Gemma3nConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config.json must hold a JSON object, got {type_name(d)}")
         model_type = d.get("model_type", "gemma3n")
         if model_type == "gemma3n_text":
             return cls(text=TextConfig.from_dict(d), model_type="gemma3n_text")
-        _require(model_type == "gemma3n", "model_type", f"expected 'gemma3n' or 'gemma3n_text', got {model_type!r}")
-        _require(isinstance(d.get("text_config"), dict), "text_config", "a gemma3n config needs a text_config")
+        require(model_type == "gemma3n", "model_type", f"expected 'gemma3n' or 'gemma3n_text', got {model_type!r}")
+        require(isinstance(d.get("text_config"), dict), "text_config", "a gemma3n config needs a text_config")
         top = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}
                and k not in ("text", "audio", "vision", "model_type")}
-        cfg = cls(text=TextConfig.from_dict(d["text_config"]),
+        check_types(cls, top)
+        cfg = cls(text=TextConfig.from_dict(d["text_config"], "text_config."),
                   audio=AudioConfig.from_dict(d.get("audio_config") or {}),
                   vision=VisionConfig.from_dict(d.get("vision_config") or {}), **top)
         V = cfg.text.vocab_size
         for key in ("eoi_token_id", "image_token_id", "eoa_token_id", "audio_token_id", "boi_token_id",
                     "boa_token_id"):
-            _require(0 <= getattr(cfg, key) < V, key, f"must be a token id below text_config.vocab_size={V}")
+            require(0 <= getattr(cfg, key) < V, key, f"must be a token id below text_config.vocab_size={V}")
         return cfg
 
     @classmethod
@@ -295,13 +337,15 @@ class Gemma3nConfig:
     @classmethod
     def from_file(cls, path) -> "Gemma3nConfig":
         path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: no config.json here (a checkpoint directory needs one)")
+        d = read_json(path, "config.json")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: must hold a JSON object (the model config), got {type_name(d)}")
         try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no config.json here (a checkpoint directory needs one)") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
         if not self.is_multimodal:

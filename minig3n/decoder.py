@@ -19,15 +19,22 @@ per-layer-embedding table only row by row (``Checkpoint.rows``), never whole.
 
 Trace names (``forward(..., trace={})``; batch row 0, batch axis dropped; ``X`` = the model prefix,
 ``model.`` for Gemma3nForCausalLM checkpoints, ``model.language_model.`` for multimodal ones), in this order:
-``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None), ``X.embed_tokens_per_layer`` [T, L*P],
+``X.embed_tokens`` [T, D] (only when ``inputs_embeds`` is None; else ``X.inputs_embeds`` [T, D], the merged
+embeddings the reference's language model receives), ``X.embed_tokens_per_layer`` [T, L*P],
 ``X.per_layer_model_projection`` [T, L*P], ``X.per_layer_projection_norm`` [T, L, P],
-``X.altup_projections.{i}`` [T, D]; per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``,
-``self_attn`` (after o_proj), ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``mlp``,
+``X.altup_projections.{i}`` [T, D], ``X.altup_streams`` [K, T, D]* (the K streams after magnitude matching:
+layer 0's input); per layer ``X.layers.{l}.`` + ``input_layernorm``, ``laurel``, ``self_attn.q`` [T, N, E]*
+(after q_norm and RoPE), ``self_attn.k`` / ``self_attn.v`` [T, G, E]* (this call's keys after k_norm and RoPE,
+values after v_norm; not on KV-shared layers), ``self_attn`` (after o_proj), ``post_attention_layernorm``,
+``pre_feedforward_layernorm``, ``mlp.gate_proj`` [T, I]* (the pre-activation gate), ``mlp``,
 ``post_feedforward_layernorm``, ``altup`` (the corrected active stream times correct_output_scale),
 ``per_layer_input_gate``, ``per_layer_projection``, ``post_per_layer_input_norm`` (all [T, D] or [T, P]),
 then ``X.layers.{l}`` [K, T, D] (the layer's output streams); ``X.altup_unembed_projections.{i}`` [T, D],
-``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Each is the output of
-the reference module of that name (a forward hook there gives the same array).
+``X.norm`` [T, D], ``lm_head`` [T, V] (before the softcap) and ``logits`` [T, V]. Names marked * are recorded
+only into a ``FineTrace`` (``minig3n trace --fine``). Each is the output of
+the reference module of that name (a forward hook there gives the same array), except ``inputs_embeds``,
+``altup_streams`` and ``self_attn.q/k/v``: values inside the reference's forward code (``self_attn.v`` is
+``v_norm``'s output; tests/reference/trace_reference.py shows where each is caught).
 """
 from __future__ import annotations
 
@@ -41,11 +48,12 @@ from .attention import KeyBand
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
 from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
-from .errors import InputError
+from .errors import InputError, NumericsError
+from .finite import NonFinite, all_finite, locate
 from .kv_cache import ForwardKV
 from .laurel import laurel
 from .mlp import mlp
-from .ops import gelu_tanh, linear, rms_norm, softcap
+from .ops import constant, gelu_tanh, linear, rms_norm, softcap
 from .params import sub_params
 from .ple import per_layer_inputs
 from .weight_shapes import text_weight_shapes
@@ -68,11 +76,15 @@ class TextModel:
         return self.ckpt.params(self.prefix + sub)
 
 
-def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
+def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "reference") -> TextModel:
     """Open a checkpoint directory (or wrap an open ``Checkpoint``) and check every text tensor's shape.
 
     dtype: float32 (default) or float64 for a directory; an open Checkpoint computes in its own dtype (passing
-    another one is an error)."""
+    another one is an error). constants: "reference" (the reference's float32 values of sqrt(D), D^-0.5,
+    sqrt(P), 1/sqrt(2), 1/D, the RoPE frequencies and the sparsity z-score, also in float64: what the lifted
+    reference computes) or "exact" (float64 only: those constants computed exactly in float64, to compare
+    float64 ports with each other). The choice rides on the model's config as ``cfg.exact_constants`` (an
+    attribute, not a config.json key)."""
     if isinstance(model_dir_or_checkpoint, Checkpoint):
         ckpt = model_dir_or_checkpoint
         if dtype is not None and np.dtype(dtype) != ckpt.dtype:
@@ -83,6 +95,14 @@ def load_text_model(model_dir_or_checkpoint, dtype=None) -> TextModel:
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
     shapes = text_weight_shapes(cfg, prefix)
     ckpt.check_shapes(shapes)
+    if constants not in ("reference", "exact"):
+        raise InputError(f"constants must be 'reference' or 'exact', got {constants!r}")
+    if constants == "exact":
+        if ckpt.dtype != np.float64:
+            raise InputError("exact constants (--constants exact) need float64 (--dtype float64)")
+        import dataclasses
+        cfg = dataclasses.replace(cfg)
+        object.__setattr__(cfg, "exact_constants", True)   # read with getattr(cfg, "exact_constants", False)
     table = prefix + "embed_tokens_per_layer.weight"             # read row by row, never whole
     ckpt.prefetch([n for n in shapes if n != table and ckpt.keeps_bf16(n)])  # BF16 kept: start reading (cold start)
     return TextModel(cfg, ckpt, prefix)
@@ -111,7 +131,8 @@ def embed_tokens(model: TextModel, input_ids) -> np.ndarray:
     """``embed_tokens.weight[ids] * sqrt(D)`` (the float32 value of sqrt(D)).   [B, T] -> [B, T, D]"""
     ids = check_input_ids(input_ids, model.cfg)
     rows = model.ckpt.rows(model.prefix + "embed_tokens.weight", ids)          # [B, T, D]
-    return rows * rows.dtype.type(np.float32(model.cfg.hidden_size ** 0.5))   # [B, T, D]
+    exact = getattr(model.cfg, "exact_constants", False)
+    return rows * constant(model.cfg.hidden_size ** 0.5, rows.dtype, exact)   # [B, T, D]
 
 
 def positions_from_mask(attention_mask, past_length: int = 0):
@@ -163,14 +184,16 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     lau = laurel(normed, sub_params(p, "laurel"), eps)                              # [B, T, D]
     rec("laurel", lau)
     attn, kv = self_attention(normed, sub_params(p, "self_attn"), cfg, cfg.layer_types[layer_idx], cos, sin, mask,
-                              past_kv=past_kv, shared_kv=shared_kv)           # [B, T, D]
+                              past_kv=past_kv, shared_kv=shared_kv,
+                              rec=_sub(rec, "self_attn"))                     # [B, T, D]
     rec("self_attn", attn)
     attn = rms_norm(attn, p["post_attention_layernorm.weight"], eps)          # [B, T, D]
     rec("post_attention_layernorm", attn)
     h = (active + attn + lau) / t(math.sqrt(2))                               # [B, T, D] (a + attn) + laurel
     x = rms_norm(h, p["pre_feedforward_layernorm.weight"], eps)               # [B, T, D]
     rec("pre_feedforward_layernorm", x)
-    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx])    # [B, T, D]
+    x = mlp(x, sub_params(p, "mlp"), cfg.activation_sparsity_pattern[layer_idx],
+            _sub(rec, "mlp"), getattr(cfg, "exact_constants", False))        # [B, T, D]
     rec("mlp", x)
     x = rms_norm(x, p["post_feedforward_layernorm.weight"], eps)              # [B, T, D]
     rec("post_feedforward_layernorm", x)
@@ -183,8 +206,19 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
 
 
 # The forward pass ------------------------------------------------------------------------------------------
-def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=None, cache=None, trace=None,
-            position_ids=None, logits_to_keep: int = 0):
+def forward(model: TextModel, input_ids, *, trace=None, **kw):
+    """The forward pass (``_forward``), with NaN / infinity caught where it first appears: the embeddings,
+    each layer's output and new K/V, and the logits are checked (``finite.all_finite``, one pass each); if one
+    fails, the forward runs again recording every traced tensor and NumericsError names the first non-finite
+    one (``finite.locate``)."""
+    try:
+        return _forward(model, input_ids, trace=trace, **kw)
+    except NonFinite as e:
+        raise locate(lambda t: _forward(model, input_ids, trace=t, check=False, **kw), e.where) from None
+
+
+def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=None, cache=None, trace=None,
+             position_ids=None, logits_to_keep: int = 0, check: bool = True):
     """Logits for ``input_ids`` [B, T] (int).   -> (logits [B, T, V] (or the last ``logits_to_keep``), cache)
 
     inputs_embeds [B, T, D]: replaces ``embed_tokens(input_ids)`` everywhere (the multimodal merge); the PLE
@@ -213,8 +247,14 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
         rec("embed_tokens", h0)
     else:
         h0 = _check_embeds(inputs_embeds, B, T, cfg).astype(dtype, copy=False)  # [B, T, D]
+        rec("inputs_embeds", h0)                                              # the merged embeddings
+        if check and not all_finite(h0):
+            raise NumericsError(f"inputs_embeds: {int(h0.size - np.isfinite(h0).sum())} of {h0.size} values are "
+                                "NaN or infinite (the multimodal merge, or the embeddings given)")
     table = model.prefix + "embed_tokens_per_layer.weight"
     ple = per_layer_inputs(ids, h0, lambda i: model.ckpt.rows(table, i), root, cfg, rec)  # [B, T, L, P]
+    if check and not all_finite(h0, ple):
+        raise NonFinite(f"{X}.embed_tokens" if not all_finite(h0) else f"{X}.embed_tokens_per_layer")
 
     # 2. positions, RoPE tables and masks
     cache_pos = past + np.arange(T)                                           # [T]
@@ -223,12 +263,16 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
 
     # 3. AltUp streams and the layers
     streams = altup_mod.make_streams(h0, root, cfg, rec)                      # [K, B, T, D]
+    if getattr(rec, "fine", False):
+        rec("altup_streams", streams.transpose(1, 0, 2, 3))                   # [B, K, T, D] magnitude-matched
     kv = ForwardKV(cfg, cache, past, T)
     for li in range(cfg.num_hidden_layers):
         past_kv, shared_kv, k_pos = kv.inputs(li)
         streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
                                         *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
                                         _recorder(trace, f"{X}.layers.{li}"))  # [K, B, T, D]
+        if check and not all_finite(streams, k, v):
+            raise NonFinite(f"{X}.layers.{li}")
         kv.record(li, k, v, k_pos)
 
     # 4. collapse, norm, tied head, softcap
@@ -242,20 +286,37 @@ def forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=N
     if cfg.final_logit_softcapping is not None:
         logits = softcap(logits, cfg.final_logit_softcapping)                 # [B, T, V]
     rec("logits", logits)
+    if check and not all_finite(logits):
+        raise NonFinite("logits")
     return logits, kv.new_cache()
 
 
 # Helpers of forward ------------------------------------------------------------------------------------------
+class FineTrace(dict):
+    """A trace dict that also asks for the finer names (``self_attn.q/k/v``, ``mlp.gate_proj``,
+    ``altup_streams``; module docstring): ``forward(..., trace=FineTrace())``. A plain dict gets the others."""
+
+    fine = True
+
+
 def _recorder(trace, prefix: str):
     """``rec(name, x)``: store batch row 0 of ``x`` in ``trace`` under the reference's module name,
     ``prefix.name`` (``prefix`` itself for name "", and ``lm_head`` / ``logits`` unprefixed, as the reference
-    names them). Without a trace it does nothing."""
+    names them). Without a trace it does nothing. ``rec.fine``: the trace wants the finer names."""
     if trace is None:
         return _no_rec
 
     def rec(sub, x):
         trace[sub if sub in ("lm_head", "logits") else f"{prefix}.{sub}" if sub else prefix] = np.array(x[0])
+    rec.fine = getattr(trace, "fine", False)
     return rec
+
+
+def _sub(rec, module: str):
+    """The recorder a sub-module gets for the finer names (None when the trace does not want them)."""
+    if not getattr(rec, "fine", False):
+        return None
+    return lambda name, x: rec(f"{module}.{name}", x)
 
 
 def _no_rec(name, x):
@@ -277,7 +338,8 @@ def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
     elif np.shape(position_ids) != (B, T):
         raise InputError(f"position_ids must have shape {[B, T]}, got {list(np.shape(position_ids))}")
     rope = {FULL: cfg.rope_theta, SLIDING: cfg.rope_local_base_freq}
-    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim), dtype)
+    exact = getattr(cfg, "exact_constants", False)
+    return {lt: rope_cos_sin(position_ids, rope_inv_freq(rope[lt], cfg.head_dim, exact), dtype)
             for lt in set(cfg.layer_types)}                                   # [B, T, E] pairs
 
 

@@ -15,3 +15,8 @@ class CheckpointError(Minig3nError):
 
 class InputError(Minig3nError):
     """Bad model input: token ids, prompt, audio, image, sampling argument."""
+
+
+class NumericsError(Minig3nError):
+    """A computation produced NaN or infinity (corrupt weights, or a config the numbers cannot take); the
+    message names the first tensor where it appeared."""

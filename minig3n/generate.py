@@ -38,7 +38,7 @@ from .chat import chat_messages, check_prompt_choice, encode_chat, render_chat
 from .default_model import default_model_dir   # --model's default: see minig3n/default_model.py
 from .errors import CheckpointError, InputError
 from .sampling import SamplingParams, sample_next
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, check_tokenizer
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -78,7 +78,8 @@ class Prompt:
 
 
 def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str | None = None,
-                 system: str | None = None, messages=None, images=(), audio=(), model=None) -> Prompt:
+                 system: str | None = None, messages=None, images=(), audio=(), model=None,
+                 image_backend=None) -> Prompt:
     """Token ids for a raw ``prompt`` (``<bos>`` + text), or a chat (``chat`` [+ ``system``] or ``messages``,
     rendered with the Gemma 3n template). Exactly one of prompt / chat / messages.
     With ``images`` / ``audio`` (or media parts in ``messages``) the prompt goes through the multimodal processor
@@ -91,7 +92,7 @@ def build_prompt(tokenizer: Tokenizer, prompt: str | None = None, *, chat: str |
         if model is None:
             raise InputError("image / audio input needs the loaded model (build_prompt(..., model=...))")
         ids, embeds, text = media_prompt(model, prompt=prompt, chat=chat, system=system, messages=messages,
-                                         images=images, audio=audio)
+                                         images=images, audio=audio, image_backend=image_backend)
         return Prompt(ids, embeds, text)
     for name, text in (("prompt (--prompt)", prompt), ("chat (--chat)", chat)):
         if text is not None and (not isinstance(text, str) or not text.strip()):
@@ -107,9 +108,14 @@ def check_max_new_tokens(max_new_tokens, prompt_len: int = 0, max_positions: int
     """max_new_tokens must be an integer >= 1 and fit, with the prompt, into max_position_embeddings."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens (--max-new-tokens) must be an integer >= 1, got {max_new_tokens!r}")
+    if max_positions is not None and prompt_len >= max_positions:
+        raise InputError(f"the prompt is too long: {prompt_len} tokens, and the model holds "
+                         f"max_position_embeddings={max_positions} positions in all, which leaves no room for a "
+                         "new token; shorten the prompt")
     if max_positions is not None and prompt_len + max_new_tokens > max_positions:
         raise InputError(f"max_new_tokens (--max-new-tokens) too large: {prompt_len} prompt tokens + "
-                         f"{max_new_tokens} new tokens exceed max_position_embeddings={max_positions}")
+                         f"{max_new_tokens} new tokens exceed max_position_embeddings={max_positions}; at most "
+                         f"{max_positions - prompt_len} new tokens fit after this prompt")
     return int(max_new_tokens)
 
 
@@ -178,11 +184,10 @@ class Generator:
             if not model_dir.is_dir():
                 raise CheckpointError(f"{model_dir}: checkpoint directory not found")
             tokenizer = Tokenizer.from_dir(model_dir)
+            from .config import Gemma3nConfig
+            check_tokenizer(tokenizer, Gemma3nConfig.from_file(model_dir / "config.json").text)  # before the weights
             model = decoder.load_text_model(model_dir, DTYPES[dtype])
         cfg = model.cfg
-        if tokenizer.vocab_size > cfg.vocab_size:
-            raise CheckpointError(f"{model_dir}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
-                                  f"vocab_size is {cfg.vocab_size}")
         stop = set(cfg.eos_token_ids) | {i for i in (tokenizer.eos_id, tokenizer.end_of_turn_id) if i is not None}
         return cls(model, tokenizer, frozenset(stop))
 
@@ -202,7 +207,8 @@ class Generator:
         embeds = (self.hard_token_embeds(ids) if prompt.inputs_embeds is None
                   else np.asarray(prompt.inputs_embeds)[None])                        # [1, T, D] | None
         st = stats if stats is not None else {}
-        st.update(prompt_tokens=len(prompt.ids), new_tokens=0, prefill_seconds=0.0, decode_seconds=0.0,
+        st.update(prompt_ids=[int(i) for i in prompt.ids], prompt_tokens=len(prompt.ids), new_tokens=0,
+                  prefill_seconds=0.0, decode_seconds=0.0,
                   decode_steps=0)
 
         # prefill: the whole prompt in one call
@@ -237,7 +243,7 @@ class Generator:
 def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = None, system: str | None = None,
              messages=None, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, dtype: str = "float32", stats: dict | None = None, progress=None,
-             images=(), audio=()):
+             images=(), audio=(), image_backend=None):
     """Generate from a checkpoint directory (default: ``default_model_dir()``); yields ``(token_id, text_piece)``.
 
     ``prompt`` is raw text (``<bos>`` is added); ``chat`` (+ optional ``system``) or ``messages`` go through the
@@ -250,7 +256,7 @@ def generate(model_dir=None, prompt: str | None = None, *, chat: str | None = No
         raise InputError("prompt (--prompt) must be a non-empty string")
     gen = Generator.load(model_dir, dtype, progress)
     built = build_prompt(gen.tokenizer, prompt, chat=chat, system=system, messages=messages, images=images,
-                         audio=audio, model=gen.model)
+                         audio=audio, model=gen.model, image_backend=image_backend)
     yield from gen.generate(built, max_new_tokens, params, stats, progress)
 
 
@@ -277,20 +283,37 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nucleus sampling: keep the most likely tokens up to total probability P (1 = off)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="working precision")
+    parser.add_argument("--image-backend", choices=["torchvision", "pil"], default=None,
+                        help="which reference image preprocessing to reproduce: torchvision (the reference's "
+                             "default, and minig3n's) or pil (AutoProcessor(..., backend='pil'))")
+    parser.add_argument("--json", action="store_true",
+                        help="instead of streaming text, print one JSON object: prompt_ids, ids (the new token ids, "
+                             "the stop token included if reached), text, stats (e.g. greedy ids to compare a port)")
 
 
 def run_generate(args) -> int:
     stats: dict = {}
     out = sys.stdout
-    for _, piece in generate(args.model, args.prompt, chat=args.chat, system=args.system,
-                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, seed=args.seed, dtype=args.dtype, stats=stats,
-                             progress=sys.stderr, images=args.image, audio=args.audio):
+    tokens = generate(args.model, args.prompt, chat=args.chat, system=args.system,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, seed=args.seed, dtype=args.dtype, stats=stats, progress=sys.stderr,
+                      images=args.image, audio=args.audio, image_backend=args.image_backend)
+    if args.json:      # greedy ids as data (e.g. to compare a port's decoding)
+        import json
+        new, text = [], []
+        for token, piece in tokens:
+            new.append(int(token))
+            text.append(piece)
+        doc = {"prompt_ids": stats.pop("prompt_ids"), "ids": new, "text": "".join(text), "stats": stats}
+        print(json.dumps(doc), file=out, flush=True)
+        return 0
+    for _, piece in tokens:
         if piece:
             out.write(piece)
             out.flush()
     out.write("\n")
     out.flush()
+    stats.pop("prompt_ids", None)
     print(format_stats(stats), file=sys.stderr)
     return 0
 

@@ -17,11 +17,18 @@ RGB conversion, as transformers 5.24 does it (``image_transforms.convert_to_rgb`
 * an array (H, W, C) or (C, H, W) with C in 1, 3, 4 and whole values 0..255: one channel is repeated three
   times, four channels are composited onto white as ``round(a/255 * rgb + (1 - a/255) * 255)``.
 
-Resizing and scaling follow the reference's PIL backend (``SiglipImageProcessorPil``) bit for bit:
-``PIL.Image.resize((768, 768), BILINEAR)`` on the uint8 RGB image, then
-``float32(float64(v) * rescale_factor)``. The default torchvision backend (``SiglipImageProcessor``)
-resizes uint8 tensors with its own antialiased bilinear kernel; its output differs from the PIL backend
-by up to a few 1/255 steps (see tests/test_ref_vision_image.py for the measured figure).
+Two backends, as the reference has (``backend=`` here, ``AutoProcessor.from_pretrained(d, backend=...)``
+there), each reproduced bit for bit:
+
+* ``"torchvision"`` (the default, as the reference's: ``SiglipImageProcessor``): files decoded as
+  ``torchvision.io.decode_image`` does, torch's integer antialiased resize, float32 rescaling (details
+  listed in ``image_torchvision.py``);
+* ``"pil"`` (``SiglipImageProcessorPil``): ``PIL.Image.resize((768, 768), BILINEAR)`` on the uint8 RGB
+  image, then ``float32(float64(v) * rescale_factor)``.
+
+The two differ by up to a few 1/255 steps per pixel (more for 16-bit PNG files, which torchvision does not
+reduce to 8 bits), enough to change greedy tokens of a random multimodal model; compare against the backend
+the other side used.
 
 Settings come from the checkpoint's ``preprocessor_config.json`` when you pass its directory (or the
 file); keys it does not set take ``SiglipImageProcessor``'s class defaults (224 x 224, BICUBIC,
@@ -32,19 +39,26 @@ Source: transformers 5.24 ``image_processing_backends.PilBackend`` / ``Torchvisi
 ``image_transforms.convert_to_rgb``, ``image_utils.load_image``, ``models/siglip/image_processing_*``;
 the converter (``convert_gemma3n_weights.py``) for the official settings.
 Left out: URLs and base64 strings (local files only), center crop, padding, shortest-edge resizing
-(Gemma 3n uses none), float arrays (pass uint8; the reference would read [0, 1] floats as already scaled
+(Gemma 3n uses none); in the torchvision backend filters other than BILINEAR / BICUBIC and 16-bit colour
+PNG files; float arrays (pass uint8; the reference would read [0, 1] floats as already scaled
 and divide by 255 twice).
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .image_rgb import MAX_PIXELS, _array_to_rgb, _pil_to_rgb, check_pixel_count, open_image, to_rgb
+
+__all__ = ["BACKENDS", "ImageConfig", "load_image_config", "open_image", "to_rgb", "preprocess_image",
+           "preprocess_images", "MAX_PIXELS", "check_pixel_count", "_array_to_rgb", "_pil_to_rgb"]
+
+
+BACKENDS = ("torchvision", "pil")
 
 
 @dataclass
@@ -61,6 +75,7 @@ class ImageConfig:
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = (0.5, 0.5, 0.5)
     do_convert_rgb: bool = True
+    backend: str = "torchvision"           # which reference backend to reproduce: "torchvision" (its default) or "pil"
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageConfig":
@@ -86,6 +101,8 @@ class ImageConfig:
         return cfg
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"image backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (int(self.height) >= 1 and int(self.width) >= 1):
             raise ConfigError(f"image size must be positive, got {self.height} x {self.width}")
         if int(self.resample) not in range(6):
@@ -116,6 +133,8 @@ def load_image_config(source=None) -> ImageConfig:
         d = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: preprocessor config not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a JSON preprocessor config") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a JSON preprocessor config ({e})") from None
     if not isinstance(d, dict):
@@ -124,102 +143,22 @@ def load_image_config(source=None) -> ImageConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Any input -> uint8 RGB [H, W, 3]
-# ----------------------------------------------------------------------------------------------------
-
-def open_image(path):
-    """A file -> an upright RGB PIL image (``transformers.image_utils.load_image``: EXIF transpose, then
-    ``convert("RGB")``, which drops any alpha channel)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise InputError(f"image file not found: {p}")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"cannot read image file {p}: {e}") from None
-
-
-def _pil_to_rgb(im, convert_rgb: bool) -> np.ndarray:
-    """A PIL image -> uint8 [H, W, 3], transparency composited onto white (``convert_to_rgb``)."""
-    from PIL import Image
-
-    if im.width == 0 or im.height == 0:
-        raise InputError(f"image is empty: {im.width} x {im.height} pixels")
-    if not convert_rgb:
-        a = np.array(im)
-        if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
-            raise InputError(f"do_convert_rgb is off, so the image must already be 8-bit RGB; got mode {im.mode}")
-        return a
-    if "A" in im.getbands() or im.info.get("transparency") is not None:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))       # [H, W, 3]
-    return np.array(im.convert("RGB"))                                           # [H, W, 3]
-
-
-def _array_to_rgb(a, convert_rgb: bool) -> np.ndarray:
-    """An array (H, W, C) or (C, H, W), C in 1/3/4, whole values 0..255 -> uint8 [H, W, 3]."""
-    a = np.asarray(a)
-    if a.ndim != 3:
-        hint = " (add a channel axis for greyscale)" if a.ndim == 2 else ""
-        raise InputError(f"an image array must have 3 axes, (height, width, channels) or (channels, height, "
-                         f"width), got shape {list(a.shape)}{hint}")
-    # channel axis as the reference infers it: first if it has 1/3/4 entries, else last
-    if a.shape[0] in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)                                               # [H, W, C]
-    elif a.shape[-1] not in (1, 3, 4):
-        raise InputError(f"cannot find the channel axis of an image array of shape {list(a.shape)}: "
-                         "it needs 1, 3 or 4 entries, first or last")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"image is empty: shape {list(a.shape)}")
-    if a.dtype.kind not in "iub":
-        raise InputError(f"image arrays must hold integers 0..255 (uint8), got dtype {a.dtype}; a float image in "
-                         "[0, 1] would be divided by 255 twice by the reference, so convert it first")
-    if a.min() < 0 or a.max() > 255:
-        raise InputError(f"image array values must lie in 0..255, got [{a.min()}, {a.max()}]")
-    a = a.astype(np.uint8)
-    C = a.shape[-1]
-    if not convert_rgb:
-        if C != 3:
-            raise InputError(f"do_convert_rgb is off, so the array must have 3 channels, got {C}")
-        return a
-    if C == 1:
-        return np.repeat(a, 3, axis=-1)                                         # [H, W, 3]
-    if C == 4:
-        alpha = a[..., 3:4] / 255                                               # [H, W, 1] float64
-        return np.round(alpha * a[..., :3] + (1 - alpha) * 255).astype(np.uint8)  # [H, W, 3]
-    return a
-
-
-def to_rgb(image, convert_rgb: bool = True) -> np.ndarray:
-    """A path, a PIL image or an array -> uint8 RGB [H, W, 3] (before resizing)."""
-    try:
-        from PIL import Image
-    except ImportError:  # pillow is a dependency; this only guards a broken install
-        raise InputError("reading images needs pillow (pip install pillow)") from None
-    if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(open_image(image), convert_rgb)
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, convert_rgb)
-    if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
-        return _array_to_rgb(np.asarray(image), convert_rgb)
-    raise InputError(f"an image must be a file path, a PIL image or an array, got {type(image).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------------
 # RGB -> pixel_values
 # ----------------------------------------------------------------------------------------------------
 
-def preprocess_image(image, config=None) -> np.ndarray:
-    """One image -> float32 pixel values [3, H, W] (768 x 768 with the official settings)."""
+def preprocess_image(image, config=None, backend=None) -> np.ndarray:
+    """One image -> float32 pixel values [3, H, W] (768 x 768 with the official settings).
+
+    backend: "torchvision" (the reference's default) or "pil"; None = the config's (default torchvision)."""
+    cfg = load_image_config(config)
+    backend = cfg.backend if backend is None else backend
+    if backend not in BACKENDS:
+        raise InputError(f"image backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torchvision":
+        from .image_torchvision import preprocess_torchvision
+        return preprocess_torchvision(image, cfg)
     from PIL import Image
 
-    cfg = load_image_config(config)
     rgb = to_rgb(image, cfg.do_convert_rgb)                                     # [Y, X, 3] uint8
     if cfg.do_resize:
         resized = Image.fromarray(rgb).resize((int(cfg.width), int(cfg.height)), resample=int(cfg.resample))
@@ -235,14 +174,14 @@ def preprocess_image(image, config=None) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def preprocess_images(images, config=None) -> np.ndarray:
+def preprocess_images(images, config=None, backend=None) -> np.ndarray:
     """A list of images (or one image) -> float32 ``pixel_values`` [B, 3, H, W]."""
     cfg = load_image_config(config)
     if not isinstance(images, (list, tuple)):
         images = [images]
     if not images:
         raise InputError("no images given")
-    out = [preprocess_image(im, cfg) for im in images]
+    out = [preprocess_image(im, cfg, backend) for im in images]
     if len({o.shape for o in out}) > 1:
         raise InputError(f"images of different sizes cannot be batched with do_resize off: "
                          f"{sorted({o.shape for o in out})}")

@@ -1,8 +1,10 @@
 """``minig3n inspect``: what a checkpoint directory holds, checked against its config.
 
 Prints the config summary, then each tensor the decoder reads with its stored dtype and shape, and fails
-(exit 2) naming the first tensor that is missing or has the wrong shape. Tensors present but never read
-(the k/v projections of KV-shared layers, ``lm_head.weight``) are listed as unused, not rejected.
+(exit 2) naming the first tensor that is missing or has the wrong shape, or a ``tokenizer.model`` that is
+not a sentencepiece model or does not fit the config (more pieces than ``vocab_size``, ``<bos>`` elsewhere).
+Tensors present but never read (the k/v projections of KV-shared layers, ``lm_head.weight``) are listed as
+unused, not rejected.
 """
 from __future__ import annotations
 
@@ -36,6 +38,14 @@ def run(args) -> int:
     n_params = sum(int(np.prod(ckpt.shape(n))) for n in ckpt.names)
     print(f"  {len(expected)} tensors checked against the config, all present with the right shape; "
           f"{n_params:,} parameters stored")
+    tok_file = ckpt.dir / "tokenizer.model"
+    if tok_file.exists():
+        from .tokenizer import Tokenizer, check_tokenizer
+        tok = Tokenizer(tok_file)                    # CheckpointError if it is not a sentencepiece model
+        check_tokenizer(tok, t)
+        print(f"  tokenizer.model: {tok.vocab_size} pieces, fits vocab_size {t.vocab_size}")
+    else:
+        print("  tokenizer.model: absent (generate and trace --prompt need one)")
     if args.all:
         for n in ckpt.names:
             print(f"  {ckpt.stored_dtype(n):5s} {str(list(ckpt.shape(n))):20s} {n}"

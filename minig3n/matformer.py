@@ -45,10 +45,8 @@ prefix (the training only nested prefixes), and quantisation.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +54,9 @@ import numpy as np
 
 from . import param_count
 from .checkpoint import Checkpoint
+from .atomic import atomic_output
 from .config import Gemma3nConfig, TextConfig
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .kv_share import kv_producers
 from .matformer_table import PublishedConfig, find_published, read_published
 from .param_count import ParamCount, count_config
@@ -207,7 +206,9 @@ def _chunks(src, t: TensorPlan):
     output rows at a time."""
     shape = src.info(t.src)[1]
     if len(shape) == 0:
-        yield np.ascontiguousarray(src.raw(t.src))
+        block = np.ascontiguousarray(src.raw(t.src))
+        _check_finite_block(block, src, t, 0)
+        yield block
         return
     gather = t.rows is not None and not isinstance(t.rows, (int, np.integer))    # an index list, else a prefix
     n = t.shape[0]
@@ -221,7 +222,22 @@ def _chunks(src, t: TensorPlan):
             block = src.read_rows(t.src, r0, min(n, r0 + step))                      # [n, W...]
         if t.cols is not None:
             block = block[:, :t.cols] if isinstance(t.cols, (int, np.integer)) else block[:, t.cols]  # [n, w]
+        _check_finite_block(block, src, t, r0)
         yield np.ascontiguousarray(block)
+
+
+def _check_finite_block(block: np.ndarray, src, t: TensorPlan, r0: int) -> None:
+    """Refuse a block of stored values holding NaN or infinity (BF16 bits: exponent all ones)."""
+    if src.info(t.src)[0] == "BF16":
+        bad = (block & 0x7F80) == 0x7F80                                               # [n, ...] bool
+    else:
+        bad = ~np.isfinite(block)
+    if bad.any():
+        first = [int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape)]
+        if first:
+            first[0] += r0                                                             # block row -> tensor row
+        raise CheckpointError(f"{src.path}: tensor '{t.src}' holds {int(bad.sum())} NaN or infinite value(s) "
+                              f"(first at output index {first}); slice refuses to copy a corrupt tensor")
 
 
 def _write_shard(path: Path, entries: list, ckpt: Checkpoint) -> int:
@@ -271,7 +287,9 @@ def slice_checkpoint(model_dir, out_dir, spec: SliceSpec, max_shard_bytes: int =
 
     Tensors are copied in their stored dtype, byte for byte (BF16 stays BF16), streamed block by block
     from the memory-mapped source, into shards of at most ``max_shard_bytes``. Everything is written into a
-    temporary sibling directory that is renamed to ``out_dir`` at the end; on any failure it is removed.
+    temporary sibling directory that is renamed to ``out_dir`` at the end (``atomic.atomic_output``); on any
+    failure, Ctrl-C or SIGTERM it is removed. A source tensor holding NaN or infinity is refused by name
+    (CheckpointError): a slice copies weights, it must not carry corruption forward.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists():
@@ -283,8 +301,7 @@ def slice_checkpoint(model_dir, out_dir, spec: SliceSpec, max_shard_bytes: int =
     ckpt = Checkpoint(model_dir)
     plan, s = plan_tensors(ckpt, spec)
     config = _new_config_json(model_dir, s)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_output(out_dir, directory=True) as tmp:
         shards = _shards(ckpt, plan, max_shard_bytes)
         if len(shards) == 1:
             _write_shard(tmp / "model.safetensors", shards[0], ckpt)
@@ -304,10 +321,6 @@ def slice_checkpoint(model_dir, out_dir, spec: SliceSpec, max_shard_bytes: int =
                 shutil.copytree(item, tmp / item.name)
             else:
                 shutil.copy2(item, tmp / item.name)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

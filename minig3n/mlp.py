@@ -34,20 +34,26 @@ def std_multiplier(sparsity: float) -> np.float32:
     return f(erfinv * f(math.sqrt(2.0)))
 
 
-def gaussian_topk(gate, sparsity: float):
-    """``relu(gate - (mean + std * Phi^-1(s)))`` over the last axis.   [B, T, I] -> [B, T, I]"""
-    z = gate.dtype.type(std_multiplier(sparsity))
+def gaussian_topk(gate, sparsity: float, exact: bool = False):
+    """``relu(gate - (mean + std * Phi^-1(s)))`` over the last axis.   [B, T, I] -> [B, T, I]
+
+    ``exact``: Phi^-1(s) computed in float64 instead of the reference's float32 value."""
+    z = gate.dtype.type(NormalDist().inv_cdf(sparsity) if exact else std_multiplier(sparsity))
     mean = np.mean(gate, axis=-1, keepdims=True)                              # [B, T, 1]
     std = np.sqrt(np.mean(np.square(gate - mean), axis=-1, keepdims=True))    # [B, T, 1] population std
     return np.maximum(gate - (mean + std * z), gate.dtype.type(0.0))          # [B, T, I]
 
 
-def mlp(x, p, sparsity: float = 0.0):
+def mlp(x, p, sparsity: float = 0.0, rec=None, exact: bool = False):
     """``down_proj(gelu_tanh(sparsify(gate_proj(x))) * up_proj(x))``.   [B, T, D] -> [B, T, D]
 
-    ``p``: ``gate_proj.weight`` [I, D], ``up_proj.weight`` [I, D], ``down_proj.weight`` [D, I]."""
+    ``p``: ``gate_proj.weight`` [I, D], ``up_proj.weight`` [I, D], ``down_proj.weight`` [D, I].
+    ``rec(name, array)``, if given, receives the pre-activation gate as ``gate_proj``; ``exact``: the z-score in
+    float64 (``gaussian_topk``)."""
     gate = linear(x, p["gate_proj.weight"])                                   # [B, T, I]
+    if rec is not None:
+        rec("gate_proj", gate)
     if sparsity > 0.0:
-        gate = gaussian_topk(gate, sparsity)                                  # [B, T, I]
+        gate = gaussian_topk(gate, sparsity, exact)                           # [B, T, I]
     up = linear(x, p["up_proj.weight"])                                       # [B, T, I]
     return linear(gelu_tanh(gate) * up, p["down_proj.weight"])                # [B, T, D]

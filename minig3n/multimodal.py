@@ -47,6 +47,7 @@ from . import decoder
 from .checkpoint import Checkpoint
 from .embedder import embed_hard, embed_soft, embedder_weight_shapes
 from .errors import CheckpointError, InputError
+from .finite import all_finite, locate
 
 
 @dataclass
@@ -72,8 +73,8 @@ def load_multimodal_model(model_dir_or_checkpoint, dtype=None) -> MultimodalMode
     else:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     if not ckpt.config.is_multimodal:
-        raise CheckpointError(f"{model_dir_or_checkpoint}: a text-only (gemma3n_text) checkpoint has no vision or "
-                              "audio tower; images and audio need a gemma3n checkpoint")
+        raise CheckpointError(f"{ckpt.dir}: a text-only (gemma3n_text) checkpoint has no vision or audio tower; "
+                              "images and audio (--image / --audio) need a multimodal (gemma3n) checkpoint")
     text = decoder.load_text_model(ckpt)
     cfg = ckpt.config
     ckpt.check_shapes({**embedder_weight_shapes(cfg.vision, cfg.text, "model.embed_vision."),
@@ -171,13 +172,19 @@ def embed_inputs(model: MultimodalModel, input_ids, pixel_values=None, input_fea
     if trace is not None:
         trace["model.language_model.embed_tokens"] = np.array(decoder.embed_tokens(model.text, ids[:1])[0])
     if pixel_values is not None:
-        x = merge_embeddings(x, ids, cfg.image_token_id, image_features(model, pixel_values, trace), "image")
+        feats = image_features(model, pixel_values, trace)                         # [N, S_v, D]
+        if not all_finite(feats):    # name the first non-finite tensor of the vision tower / embedder
+            raise locate(lambda t: image_features(model, pixel_values, t), "model.embed_vision")
+        x = merge_embeddings(x, ids, cfg.image_token_id, feats, "image")
     elif (ids == cfg.image_token_id).any():
         raise InputError(f"the ids hold image soft tokens (id {cfg.image_token_id}) but no pixel_values were given")
     if input_features is not None:
         if input_features_mask is None:
             raise InputError("input_features needs its input_features_mask (True = valid frame)")
         feats = audio_features(model, input_features, input_features_mask, trace)  # [N, S_a, D]
+        if not all_finite(feats):
+            raise locate(lambda t: audio_features(model, input_features, input_features_mask, t),
+                         "model.embed_audio")
         x = merge_embeddings(x, ids, cfg.audio_token_id, feats, "audio")
     elif (ids == cfg.audio_token_id).any():
         raise InputError(f"the ids hold audio soft tokens (id {cfg.audio_token_id}) but no input_features were given")
@@ -197,12 +204,13 @@ def forward(model: MultimodalModel, input_ids, *, pixel_values=None, input_featu
 
 
 # The generator's entry point -----------------------------------------------------------------------------------
-def media_prompt(text_model, *, prompt=None, chat=None, system=None, messages=None, images=(), audio=()):
+def media_prompt(text_model, *, prompt=None, chat=None, system=None, messages=None, images=(), audio=(),
+                 image_backend=None):
     """Prompt + media -> (ids list, inputs_embeds [T, D], expanded prompt text), for ``generate``.
 
     ``text_model``: the generator's ``decoder.TextModel`` (its checkpoint must be multimodal)."""
     from .processor import Processor, process
-    inputs = process(Processor.from_dir(text_model.ckpt.dir), prompt=prompt, chat=chat, system=system,
+    inputs = process(Processor.from_dir(text_model.ckpt.dir, image_backend), prompt=prompt, chat=chat, system=system,
                      messages=messages, images=images, audio=audio)
     model = load_multimodal_model(text_model.ckpt)
     embeds = embed_inputs(model, inputs.input_ids, inputs.pixel_values, inputs.input_features,

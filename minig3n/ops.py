@@ -20,6 +20,13 @@ SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the 
 GELU_CUBIC = np.float32(0.044715)
 
 
+def constant(value: float, dtype, exact: bool = False):
+    """A scalar constant in ``dtype``: the reference's float32 value (default) or, with ``exact`` (float64 ports
+    compared with each other: ``exact_constants``), ``value`` itself."""
+    t = np.dtype(dtype).type
+    return t(value) if exact else t(np.float32(value))
+
+
 def rms_norm(x, weight=None, eps=1e-6):
     """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis.   [..., D] -> [..., D]
 

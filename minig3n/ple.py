@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import linear, rms_norm
+from .ops import constant, linear, rms_norm
 
 
 def ple_ids(input_ids, vocab_size_per_layer_input: int):
@@ -30,12 +30,12 @@ def ple_ids(input_ids, vocab_size_per_layer_input: int):
     return np.where(in_table, input_ids, 0)                                   # [B, T]
 
 
-def per_layer_token_inputs(table_rows, num_layers: int, per_layer_width: int):
+def per_layer_token_inputs(table_rows, num_layers: int, per_layer_width: int, exact: bool = False):
     """Rows of ``embed_tokens_per_layer`` -> the token part.   [B, T, L*P] -> [B, T, L, P]
 
     ``table_rows`` = ``table[ple_ids(input_ids)]``; scaled by sqrt(P) (a float32 constant, as the reference's
     ``Gemma3nTextScaledWordEmbedding``)."""
-    scale = table_rows.dtype.type(np.float32(per_layer_width ** 0.5))
+    scale = constant(per_layer_width ** 0.5, table_rows.dtype, exact)       # exact: see ops.constant
     x = table_rows * scale                                                    # [B, T, L*P]
     return x.reshape(*x.shape[:-1], num_layers, per_layer_width)              # [B, T, L, P]
 
@@ -51,11 +51,12 @@ def project_per_layer_inputs(inputs_embeds, token_inputs, p, cfg, rec=None):
     L, P, D = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.hidden_size
     proj = linear(inputs_embeds, p["per_layer_model_projection.weight"])      # [B, T, L*P]
     rec("per_layer_model_projection", proj)
-    proj = proj * t(np.float32(D ** -0.5))                                    # [B, T, L*P] scale before the norm
+    exact = getattr(cfg, "exact_constants", False)
+    proj = proj * constant(D ** -0.5, proj.dtype, exact)                      # [B, T, L*P] scale before the norm
     proj = proj.reshape(*proj.shape[:-1], L, P)                               # [B, T, L, P]
     proj = rms_norm(proj, p["per_layer_projection_norm.weight"], cfg.rms_norm_eps)  # [B, T, L, P] shared weight
     rec("per_layer_projection_norm", proj)
-    rsqrt2 = t(np.float32(1.0) / np.sqrt(np.float32(2.0)))                    # 0.70710677 (torch.rsqrt(2.0))
+    rsqrt2 = t(2.0 ** -0.5) if exact else t(np.float32(1.0) / np.sqrt(np.float32(2.0)))  # torch.rsqrt(2.0)
     return (proj + token_inputs.astype(proj.dtype, copy=False)) * rsqrt2      # [B, T, L, P]
 
 
@@ -68,7 +69,8 @@ def per_layer_inputs(input_ids, inputs_embeds, lookup_rows, p, cfg, rec=None):
     the projection's intermediates."""
     rows = lookup_rows(ple_ids(input_ids, cfg.vocab_size_per_layer_input))    # [B, T, L*P]
     rows = np.asarray(rows).astype(inputs_embeds.dtype, copy=False)           # [B, T, L*P]
-    tok = per_layer_token_inputs(rows, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input)  # [B, T, L, P]
+    tok = per_layer_token_inputs(rows, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input,
+                                 getattr(cfg, "exact_constants", False))  # [B, T, L, P]
     if rec is not None:
         rec("embed_tokens_per_layer", tok.reshape(*tok.shape[:-2], -1))       # [B, T, L*P]
     return project_per_layer_inputs(inputs_embeds, tok, p, cfg, rec)          # [B, T, L, P]

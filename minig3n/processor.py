@@ -50,6 +50,7 @@ from . import chat
 from .chat import check_prompt_choice
 from .errors import ConfigError, InputError
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")     # http://, https://, file://, s3:// ...
 IMAGE_TYPE_ID, AUDIO_TYPE_ID = 1, 3     # token_type_ids values (the reference's mm token types)
 
 
@@ -62,7 +63,10 @@ class ProcessorConfig:
     image: object = None                # image.ImageConfig
 
     @classmethod
-    def from_dir(cls, model_dir) -> "ProcessorConfig":
+    def from_dir(cls, model_dir, image_backend=None) -> "ProcessorConfig":
+        """``image_backend``: "torchvision" (the reference's default) or "pil"; None = torchvision."""
+        from dataclasses import replace
+
         from .image import load_image_config
         d = Path(model_dir)
         counts = {}
@@ -79,7 +83,11 @@ class ProcessorConfig:
         for key, v in counts.items():
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{d}: '{key}' must be a positive integer, got {v!r}")
-        return cls(**counts, image=load_image_config(d))
+        image = load_image_config(d)
+        if image_backend is not None:
+            image = replace(image, backend=image_backend)
+            image.validate()
+        return cls(**counts, image=image)
 
 
 @dataclass
@@ -102,9 +110,11 @@ class Processor:
         self.tokenizer, self.config = tokenizer, config
 
     @classmethod
-    def from_dir(cls, model_dir) -> "Processor":
+    def from_dir(cls, model_dir, image_backend=None) -> "Processor":
+        """``image_backend``: which reference image backend to reproduce, "torchvision" (its default, and
+        minig3n's) or "pil" (``AutoProcessor.from_pretrained(d, backend="pil")``)."""
         from .tokenizer import Tokenizer
-        return cls(Tokenizer.from_dir(model_dir), ProcessorConfig.from_dir(model_dir))
+        return cls(Tokenizer.from_dir(model_dir), ProcessorConfig.from_dir(model_dir, image_backend))
 
     # public entry points ------------------------------------------------------------------------------------
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> ModelInputs:
@@ -212,7 +222,7 @@ def load_images(sources, image_config=None) -> np.ndarray:
     """Paths / PIL images / uint8 arrays -> pixel_values [N, 3, H, W] float32 (``image.preprocess_images``)."""
     from .image import preprocess_images
     for s in sources:
-        if isinstance(s, str) and re.match(r"^[a-z]+://", s):
+        if isinstance(s, str) and _URL.match(s):
             raise InputError(f"image {s!r}: URLs are not read, give a local file path")
     return preprocess_images(list(sources), image_config)
 
@@ -225,7 +235,7 @@ def load_audio_features(items) -> tuple[np.ndarray, np.ndarray]:
     waves = []
     for it in items:
         src, rate = it["audio"], it.get("sampling_rate")
-        if isinstance(src, str) and re.match(r"^[a-z]+://", src):
+        if isinstance(src, str) and _URL.match(src):
             raise InputError(f"audio {src!r}: URLs are not read, give a local WAV file path")
         if isinstance(src, (str, os.PathLike)) and rate is not None:
             raise InputError(f"audio {os.fspath(src)}: 'sampling_rate' is only for arrays (a WAV file has its own)")

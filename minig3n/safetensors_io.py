@@ -9,19 +9,27 @@ half of a float32, so widening is a shift (exact, bit-identical to ``torch.bfloa
 ``write_safetensors`` is the one writer (tensors streamed chunk by chunk); ``save_safetensors`` and
 ``load_safetensors`` are its whole-file conveniences for small files (goldens, traces, test checkpoints).
 
-Source: the safetensors format (https://github.com/huggingface/safetensors, README "Format").
-Left out: integer and fp8 tensors (Gemma 3n checkpoints hold only floats).
+Opening a file validates its header fully, as the ``safetensors`` library does (``safetensors_header``: types,
+u64 shapes and offsets, byte ranges that tile the data section exactly, a 100 MB header cap, no NaN tokens, at
+most 127 levels of nesting); ``tests/fuzz_safetensors.py`` checks the two agree on what is a valid file. One
+rule is stricter: a tensor name listed twice is refused (the library keeps the last entry silently).
+
+Source: the safetensors format (https://github.com/huggingface/safetensors, README "Format"); the rules of
+validity are those of safetensors 0.8 (``Metadata::validate``, ``read_metadata``), checked by differential fuzz.
+Left out: computing with integer, bool, fp8 and complex tensors (a file holding them opens; reading one raises
+CheckpointError naming it; Gemma 3n checkpoints hold only floats).
 """
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_output
+from .safetensors_header import MAX_HEADER_BYTES, parse_header
 from .errors import CheckpointError
 
 # safetensors dtype name -> numpy storage dtype (BF16 is kept as its uint16 bit patterns)
@@ -43,7 +51,11 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 class SafetensorsFile:
     """One memory-mapped .safetensors file: ``names``, ``info(name)``, ``raw(name)`` (a view, no copy),
-    ``read_rows(name, start, stop)`` (a fresh array read from the file), ``itemsize(name)``."""
+    ``read_rows(name, start, stop)`` (a fresh array read from the file), ``itemsize(name)``.
+
+    Opening validates the whole header (``parse_header``) and checks that the byte ranges end exactly where
+    the file ends, so every later ``raw`` reads inside the file; nothing is read beyond the 8-byte length
+    until that length is known to fit both the file and the 100 MB header cap."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -58,32 +70,25 @@ class SafetensorsFile:
                 if n > size - 8:
                     raise CheckpointError(f"{self.path}: corrupt header (header length {n} is larger than the "
                                           f"{size - 8} bytes after it; truncated or not a safetensors file)")
+                if n > MAX_HEADER_BYTES:
+                    raise CheckpointError(f"{self.path}: corrupt header (header length {n} bytes exceeds the "
+                                          f"{MAX_HEADER_BYTES:,}-byte limit of the safetensors format)")
                 header_bytes = f.read(n)
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
-        try:
-            header = json.loads(header_bytes)
-            assert isinstance(header, dict)
-        except (ValueError, AssertionError):
-            raise CheckpointError(f"{self.path}: corrupt header (not a JSON object; not a safetensors file?)") from None
-        self.metadata = header.pop("__metadata__", None) or {}
+        except PermissionError:
+            raise CheckpointError(f"{self.path}: permission denied (cannot read the file)") from None
+        self.header, self.metadata = parse_header(header_bytes, str(self.path))
         self.data_start = 8 + n
-        self.header = header
-        for name, info in header.items():
-            try:
-                dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: corrupt header entry for tensor '{name}'") from None
-            if dtype not in STORAGE:
-                raise CheckpointError(f"{self.path}: tensor '{name}' has dtype {dtype}; minig3n reads "
-                                      f"{', '.join(STORAGE)} only")
-            want = int(np.prod(shape, dtype=np.int64)) * STORAGE[dtype].itemsize
-            if end - begin != want:
-                raise CheckpointError(f"{self.path}: corrupt header: tensor '{name}' {dtype}{list(shape)} needs "
-                                      f"{want} bytes, its byte range holds {end - begin}")
-            if self.data_start + end > size:
-                raise CheckpointError(f"{self.path}: truncated file: tensor '{name}' ends at byte "
-                                      f"{self.data_start + end}, the file has {size}")
+        data_end = max((t["data_offsets"][1] for t in self.header.values()), default=0)
+        if self.data_start + data_end > size:
+            last = max(self.header, key=lambda k: self.header[k]["data_offsets"][1])
+            raise CheckpointError(f"{self.path}: truncated file: tensor '{last}' ends at byte "
+                                  f"{self.data_start + data_end}, the file has {size}")
+        if self.data_start + data_end < size:
+            raise CheckpointError(f"{self.path}: corrupt file: {size - self.data_start - data_end} bytes after the "
+                                  f"last tensor (byte {self.data_start + data_end}); the tensors must cover the "
+                                  "data section exactly")
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > 0 else None
 
     @property
@@ -94,16 +99,25 @@ class SafetensorsFile:
         h = self.header[name]
         return h["dtype"], tuple(h["shape"])
 
+    def storage(self, name: str) -> np.dtype:
+        """The NumPy storage dtype of a tensor (uint16 for BF16); CheckpointError for the dtypes minig3n
+        does not compute with (integers, bool, fp8, complex: valid in a file, not in a Gemma 3n checkpoint)."""
+        dtype = self.header[name]["dtype"]
+        if dtype not in STORAGE:
+            raise CheckpointError(f"{self.path}: tensor '{name}' has dtype {dtype}; minig3n reads "
+                                  f"{', '.join(STORAGE)} only")
+        return STORAGE[dtype]
+
     def itemsize(self, name: str) -> int:
         """Bytes per stored element of tensor ``name`` (2 for BF16/F16, 4 for F32, 8 for F64)."""
-        return STORAGE[self.header[name]["dtype"]].itemsize
+        return self.storage(name).itemsize
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of a stored tensor in its stored dtype, read from the file rather
         than the memory map, so pages already read do not stay resident: copying a huge tensor block by block
         keeps memory at about one block."""
         dtype, shape = self.info(name)
-        storage = STORAGE[dtype]
+        storage = self.storage(name)
         row = int(np.prod(shape[1:], dtype=np.int64))
         begin = self.header[name]["data_offsets"][0]
         data = np.fromfile(self.path, dtype=storage, count=(stop - start) * row,
@@ -113,8 +127,10 @@ class SafetensorsFile:
     def raw(self, name: str) -> np.ndarray:
         """The stored values as a read-only view into the memory map (uint16 bit patterns for BF16)."""
         h = self.header[name]
+        storage = self.storage(name)
         begin, end = h["data_offsets"]
-        storage = STORAGE[h["dtype"]]
+        if begin == end:                                # zero elements (or a file of zero data bytes)
+            return np.zeros(h["shape"], dtype=storage)
         flat = self._map[self.data_start + begin:self.data_start + end].view(storage)
         return flat.reshape(h["shape"])
 
@@ -131,7 +147,9 @@ def write_safetensors(path, entries, metadata: Mapping[str, str] | None = None) 
     iterable of arrays whose bytes, in order, are the tensor's stored values (so a large tensor can be
     streamed block by block). Tensors are written in sorted name order, so the same input always gives the
     same bytes; the data section is 8-byte aligned as the reference writer does. The file appears
-    atomically (written to a temporary name, then renamed). Returns the bytes of tensor data written."""
+    atomically (``atomic.atomic_output``: a unique temporary name next to it, renamed at the end, removed on any
+    error, Ctrl-C or SIGTERM; OutputError for a read-only or full disk). Returns the bytes of tensor data
+    written."""
     entries = sorted(entries, key=lambda e: e[0])
     header, offset = {}, 0
     for name, st, shape, _ in entries:
@@ -142,20 +160,18 @@ def write_safetensors(path, entries, metadata: Mapping[str, str] | None = None) 
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # align the data section to 8 bytes
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for name, _, _, chunks in entries:
-            written = 0
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk)
-                f.write(chunk.data)
-                written += chunk.nbytes
-            begin, end = header[name]["data_offsets"]
-            assert written == end - begin, f"{name}: wrote {written} bytes, planned {end - begin}"
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(head)))
+            f.write(head)
+            for name, _, _, chunks in entries:
+                written = 0
+                for chunk in chunks:
+                    chunk = np.ascontiguousarray(chunk)
+                    f.write(chunk.data)
+                    written += chunk.nbytes
+                begin, end = header[name]["data_offsets"]
+                assert written == end - begin, f"{name}: wrote {written} bytes, planned {end - begin}"
     return offset
 
 

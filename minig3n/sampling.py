@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NumericsError
 from .ops import softmax
 
 
@@ -54,9 +54,24 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def _check_logits(logits) -> np.ndarray:
+    """Logits must be a non-empty 1-D array with no NaN and no +inf (-inf is a masked token and fine): a NaN
+    would make argmax pick the NaN's index and the cumulative sum of probabilities NaN, which points past the
+    vocabulary. NumericsError otherwise."""
+    x = np.asarray(logits)
+    if x.ndim != 1 or x.size == 0:
+        raise InputError(f"logits must be a non-empty 1-D array [V], got shape {list(x.shape)}")
+    bad = np.isnan(x) | (x == np.inf)
+    if bad.any() or not (x > -np.inf).any():
+        what = f"NaN or +inf at token id {int(np.argmax(bad))}" if bad.any() else "-inf at every token id"
+        raise NumericsError(f"logits: {what} ({int(bad.sum())} of {x.size} entries non-finite); "
+                            "the forward pass produced garbage (corrupt weights?), no token can be chosen")
+    return x
+
+
 def greedy(logits) -> int:
     """Index of the largest logit (the first on ties).   [V] -> int"""
-    return int(np.argmax(np.asarray(logits)))
+    return int(np.argmax(_check_logits(logits)))
 
 
 def warp(logits, params: SamplingParams) -> np.ndarray:
@@ -84,9 +99,12 @@ def sample_next(logits, params: SamplingParams, rng: np.random.Generator | None 
     """The next token id: ``greedy`` for temperature 0, else one draw from ``probabilities``.   [V] -> int"""
     if params.greedy:
         return greedy(logits)
-    probs = probabilities(logits, params)                                            # [V]
+    probs = probabilities(_check_logits(logits), params)                             # [V]
     rng = rng if rng is not None else np.random.default_rng(params.seed)
     # inverse CDF with one uniform draw: the same seed gives the same token on every platform
     # (u < 1, so the target lies below the last cumulative value; zero-probability tokens are never chosen)
     cdf = np.cumsum(probs)                                                           # [V]
-    return int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    if not np.isfinite(cdf[-1]) or cdf[-1] <= 0:
+        raise NumericsError(f"logits: the sampling distribution sums to {cdf[-1]}; no token can be chosen")
+    # min(): a rounding at the top of the CDF can never point one past the last id
+    return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)

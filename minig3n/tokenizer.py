@@ -146,6 +146,21 @@ class Tokenizer:
         return self.pieces[int(token_id)]
 
 
+def check_tokenizer(tok: Tokenizer, text_cfg) -> None:
+    """The tokenizer must fit the model it is used with: every piece id below the config's ``vocab_size``
+    (the embedding table has that many rows; multimodal ids may lie above the tokenizer's pieces), and a
+    ``<bos>`` piece at the config's ``bos_token_id``. CheckpointError naming tokenizer.model otherwise."""
+    if tok.vocab_size > text_cfg.vocab_size:
+        raise CheckpointError(f"{tok.path}: has {tok.vocab_size} pieces, more than the model's vocab_size "
+                              f"{text_cfg.vocab_size} (config.json): ids {text_cfg.vocab_size}.. have no embedding; "
+                              "is it the tokenizer of another model?")
+    if tok.bos_id is None:
+        raise CheckpointError(f"{tok.path}: has no <bos> piece; not a Gemma tokenizer")
+    if tok.bos_id != text_cfg.bos_token_id:
+        raise CheckpointError(f"{tok.path}: <bos> is id {tok.bos_id}, but config.json says bos_token_id="
+                              f"{text_cfg.bos_token_id}; is it the tokenizer of another model?")
+
+
 # Piece types, read from the serialized ModelProto (sentencepiece's Python API has no is_user_defined, and the
 # protobuf package is not a dependency). The file is a protobuf message whose field 1 repeats the pieces, each a
 # message {1: piece (string), 2: score (float), 3: type (enum)}; the type is omitted when it is NORMAL.

@@ -55,13 +55,17 @@ def test_array_with_rate_and_channels():
     assert y.shape == (8000,) and y.dtype == np.float32
 
 
-def test_longer_than_30s_is_truncated_by_the_features(tmp_path):
-    """Audio input keeps everything; the feature extractor truncates to 480000 samples (30 s) like the
-    reference (truncation=True, max_length=480000): (480000 - 513) // 160 + 1 = 2997 frames."""
+def test_longer_than_30s_is_cut_with_a_notice(tmp_path, capsys):
+    """A clip over 30 s is cut to 480000 samples with one line on stderr (the reference's feature extractor
+    cuts there too: truncation=True, max_length=480000): (480000 - 513) // 160 + 1 = 2997 frames. The
+    feature extractor alone still truncates a long array as the reference does."""
     wavfile.write(tmp_path / "long.wav", 16000, np.zeros(16000 * 31, np.int16) + 3)
     y = run_load_audio(tmp_path / "long.wav")
-    assert y.shape == (16000 * 31,)
-    feats, mask = run_extract_features(y)
+    assert y.shape == (480000,)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"minig3n: note: {tmp_path / 'long.wav'} is 31.0 s long; only its first 30 s are used "
+                   "(the model reads at most 480000 samples at 16000 Hz)"]
+    feats, mask = run_extract_features(np.zeros(16000 * 31, np.float32))
     assert feats.shape == (1, 2997, 128) and mask.all()
 
 

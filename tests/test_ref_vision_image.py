@@ -4,7 +4,8 @@ settings (768 x 768, BILINEAR, rescale 1/255, no normalisation):
 * ``SiglipImageProcessorPil`` (PIL backend): equal to <= 1e-6 for every mode, size and input kind
   (PIL image, array, file path, checkpoint directory with preprocessor_config.json);
 * ``SiglipImageProcessor`` (the default torchvision backend, resizing uint8 tensors with its own
-  antialiased kernel): the difference is measured and bounded, not zero.
+  antialiased kernel): the PIL backend's difference to it is measured and bounded, not zero; minig3n's own
+  torchvision backend (its default) equals it exactly (``test_matches_torchvision_backend_exactly``).
 """
 import json
 import warnings
@@ -101,3 +102,21 @@ def test_reads_preprocessor_config_like_from_pretrained(tmp_path):
         got = V.run_preprocess_image(img, d)
         assert got.shape == want.shape
         assert np.max(np.abs(got - want)) <= 1e-6
+
+
+def test_matches_torchvision_backend_exactly(tmp_path):
+    """minig3n's torchvision backend (its default) against the live ``SiglipImageProcessor`` (the reference's
+    default backend) at the official 768 x 768 and with BICUBIC + normalisation at a small size: bit-identical on
+    all 23 inputs, the two files the torchvision decoder reads differently from PIL included."""
+    from minig3n.image import preprocess_image
+    from tests.vision_test_images import SMALL_CONFIGS, write_image_files
+
+    items = _inputs(tmp_path) | write_image_files(tmp_path / "more")
+    for cfg in (OFFICIAL, SMALL_CONFIGS["siglip_defaults"]):
+        errs = {}
+        for name, img in items.items():
+            got, want = preprocess_image(img, cfg), _ref(img, "torchvision", cfg)
+            assert got.shape == want.shape and got.dtype == np.float32
+            errs[name] = float(np.max(np.abs(got - want)))
+        print(f"torchvision backend ({cfg.get('resample', 3)}): {len(errs)} inputs, max |diff| {max(errs.values())}")
+        assert len(errs) == 23 and max(errs.values()) == 0.0, {k: v for k, v in errs.items() if v}

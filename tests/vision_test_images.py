@@ -48,3 +48,35 @@ SMALL_CONFIGS = {
     # keys left out take SiglipImageProcessor's class defaults: BICUBIC, normalise with mean/std 0.5
     "siglip_defaults": {"size": {"height": 16, "width": 12}},
 }
+
+# The torchvision-backend fixture (tests/goldens/vision_image_torchvision.safetensors): the official Gemma 3n
+# preprocessor_config.json at a small size (BILINEAR, rescale only), and the class defaults (BICUBIC, normalised).
+TORCHVISION_CONFIGS = {
+    "official_small": {"size": {"height": 20, "width": 24}, "resample": 2, "do_normalize": False,
+                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "image_seq_length": 256,
+                       "rescale_factor": 1 / 255, "do_rescale": True, "do_resize": True},
+    "siglip_defaults": SMALL_CONFIGS["siglip_defaults"],
+}
+
+
+def write_image_files(directory) -> dict:
+    """name -> path of the test pictures saved as files (PNG: RGBA, LA, palette with a transparent entry, L,
+    16-bit grey, RGB; a JPEG with EXIF orientation 6; a PNG with EXIF orientation 6), the file cases both image
+    tiers read. The same Pillow writes the same bytes, so a golden made from them holds on any machine with it."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    ims, out = make_images(), {}
+    for name in ("rgba_33x47", "la_25x25", "p_transparent_36x26", "l_17x64", "i16_28x22", "rgb_97x53"):
+        out[f"file_{name}"] = d / f"{name}.png"
+        ims[name].save(out[f"file_{name}"])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out["file_rotated_jpg"] = d / "rotated.jpg"
+    ims["rgb_40x30"].save(out["file_rotated_jpg"], exif=exif, quality=95)
+    out["file_rotated_png"] = d / "rotated.png"
+    Image.fromarray(np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 10).save(out["file_rotated_png"], exif=exif)
+    return {k: str(v) for k, v in out.items()}

@@ -1220,7 +1220,7 @@ from tests.vision_test_images import SMALL_CONFIGS, make_images
 gi = load_golden("vision_image")
 pics = make_images()
 for name in ("rgb_40x30", "rgba_33x47", "p_36x26"):
-    px = image.preprocess_image(pics[name], SMALL_CONFIGS["bilinear"])
+    px = image.preprocess_image(pics[name], SMALL_CONFIGS["bilinear"], backend="pil")   # the fixture's backend
     check(f"preprocess {name}", px, gi.out32[f"bilinear.{name}"], 1e-6)
 print("pixel values", px.shape, px.dtype, "in [", px.min(), ",", px.max(), "]")
 '''),

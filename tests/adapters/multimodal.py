@@ -8,11 +8,23 @@ import numpy as np
 from tests.adapters._impl import impl   # MINIG3N_STUDENT switch (tests/adapters/_impl.py)
 
 
+def _pil(fn, **kw):
+    """The multimodal goldens were made with the reference's PIL image backend: pass image_backend="pil" to
+    minig3n (whose default is the torchvision backend); a student's function without that argument is called as
+    is."""
+    import inspect
+    try:
+        takes = "image_backend" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {**kw, "image_backend": "pil"} if takes else kw
+
+
 def run_process_messages(model_dir, messages) -> dict:
     """Chat messages with image / audio parts -> {input_ids, attention_mask, token_type_ids, pixel_values,
     input_features, input_features_mask} (the reference processor's ``apply_chat_template`` keys)."""
     Processor = impl("processor").Processor
-    out = Processor.from_dir(model_dir).apply_chat_template(messages)
+    out = Processor.from_dir(model_dir, **_pil(Processor.from_dir)).apply_chat_template(messages)
     return {k: getattr(out, k) for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
                                          "input_features", "input_features_mask")}
 
@@ -20,7 +32,7 @@ def run_process_messages(model_dir, messages) -> dict:
 def run_process_prompt(model_dir, text, images=(), audio=()) -> dict:
     """A raw prompt with placeholders (+ media) -> the same dict (``<bos>`` added)."""
     Processor = impl("processor").Processor
-    out = Processor.from_dir(model_dir).process_prompt(text, images, audio)
+    out = Processor.from_dir(model_dir, **_pil(Processor.from_dir)).process_prompt(text, images, audio)
     return {k: getattr(out, k) for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
                                          "input_features", "input_features_mask")}
 
@@ -70,7 +82,8 @@ def run_hard_token_embeddings(model, input_ids) -> np.ndarray:
 def run_generate(model_dir, messages, max_new_tokens: int, dtype: str = "float32") -> list[int]:
     """Greedy new tokens (the stop token included if reached) for chat messages with media parts."""
     generate = impl("generate").generate
-    return [t for t, _ in generate(model_dir, messages=messages, max_new_tokens=max_new_tokens, dtype=dtype)]
+    return [t for t, _ in generate(model_dir, messages=messages, max_new_tokens=max_new_tokens, dtype=dtype,
+                                   **_pil(generate))]
 
 
 def run_cli(argv) -> int:

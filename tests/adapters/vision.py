@@ -10,6 +10,16 @@ from tests.adapters._impl import impl
 mv, image = impl("mobilenetv5"), impl("image")
 
 
+def _pil_backend(config):
+    """The image goldens and live checks here are the reference's PIL backend (SiglipImageProcessorPil):
+    pin minig3n's image config to it (a student's image.py without backends is called as is)."""
+    cfg = image.load_image_config(config)
+    if hasattr(cfg, "backend"):
+        from dataclasses import replace
+        cfg = replace(cfg, backend="pil")
+    return cfg
+
+
 def run_same_padding(n, k, stride, dilation=1) -> tuple:
     return mv.same_padding(n, k, stride, dilation)
 
@@ -75,13 +85,16 @@ def run_image_soft_tokens(features, p_embed_vision, vision_cfg=None):
     return mv.image_soft_tokens(features, p_embed_vision, vision_cfg)
 
 
-def run_preprocess_image(img, config=None):
-    """One image (path, PIL image or array) -> float32 [3, H, W]."""
-    return image.preprocess_image(img, config)
+def run_preprocess_image(img, config=None, backend="pil"):
+    """One image (path, PIL image or array) -> float32 [3, H, W]; ``backend`` "pil" (the default here: the
+    goldens of test_vision_image.py) or "torchvision"."""
+    if backend == "pil":
+        return image.preprocess_image(img, _pil_backend(config))
+    return image.preprocess_image(img, config, backend=backend)
 
 
 def run_preprocess_images(images, config=None):
-    return image.preprocess_images(images, config)
+    return image.preprocess_images(images, _pil_backend(config))
 
 
 def run_load_image_config(source=None):

@@ -180,6 +180,7 @@ def make():
             "reference": stamp("timm", "torch", "transformers")}
     save_golden("vision_encoder", inputs, w, out32, out64, meta)
     make_image_fixture()
+    make_image_fixture_torchvision()
 
 
 def reference_processor(config: dict, backend: str = "pil"):
@@ -216,3 +217,31 @@ def make_image_fixture():
     meta = {"configs": SMALL_CONFIGS, "backend": "SiglipImageProcessorPil",
             "reference": stamp("transformers", "pillow")}
     return save_golden("vision_image", {}, {}, out32, {}, meta)
+
+
+def make_image_fixture_torchvision():
+    """``tests/goldens/vision_image_torchvision.safetensors``: the reference's default torchvision backend
+    (``SiglipImageProcessor``) on every test picture, array and file (tests/vision_test_images.py), under the
+    official settings at a small size (``official_small``: 20 x 24 BILINEAR, rescale only) and the class defaults
+    (``siglip_defaults``: BICUBIC, normalised); no weights. Added for issue 16 next to the PIL fixture."""
+    import tempfile
+    import warnings
+
+    from tests.vision_test_images import TORCHVISION_CONFIGS as configs
+    from tests.vision_test_images import make_arrays, make_images, write_image_files
+
+    out32 = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        items = list(make_images().items()) + list(make_arrays().items()) + list(write_image_files(tmp).items())
+        for cname in configs:
+            proc = reference_processor(configs[cname], "torchvision")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for name, im in items:
+                    out32[f"{cname}.{name}"] = proc(im, return_tensors="np")["pixel_values"][0]
+    meta = {"configs": {k: {kk: vv for kk, vv in v.items()} for k, v in configs.items()},
+            "backend": "SiglipImageProcessor (torchvision)",
+            "reference": {**stamp("transformers", "torch", "pillow"),
+                          "torchvision": __import__("torchvision").__version__,
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
+    return save_golden("vision_image_torchvision", {}, {}, out32, {}, meta)
