@@ -128,11 +128,53 @@ def attend(q, k, v, mask):
     return out.reshape(B, N, T, E).transpose(0, 2, 1, 3).reshape(B, T, N * E)  # [B, T, N*E] head-major
 
 
+# Bounded memory for long prompts -----------------------------------------------------------------------------
+ATTN_CHUNK = 256         # query rows per block when a call has more queries than this
+
+
+class KeyBand:
+    """What a layer's mask is made of, for ``attend_blocks``: query and key cache positions, which keys are
+    real (None = all), the sliding window (None = full layer). Lets long prompts build their masks block by
+    block instead of one [T, S] array."""
+
+    def __init__(self, q_pos, k_pos, key_is_real=None, sliding_window=None):
+        self.q_pos, self.k_pos = np.asarray(q_pos), np.asarray(k_pos)   # [T], [S] increasing
+        self.key_is_real, self.sliding_window = key_is_real, sliding_window  # [B, S] bool | None, int | None
+
+    def mask(self, t0=0, t1=None, k0=0, k1=None):
+        """``attention_mask`` of query rows t0:t1 against keys k0:k1.   -> [B|1, t1-t0, k1-k0] bool"""
+        real = None if self.key_is_real is None else self.key_is_real[:, k0:k1]
+        return attention_mask(self.q_pos[t0:t1], self.k_pos[k0:k1], real, self.sliding_window)
+
+
+def attend_blocks(q, k, v, band: KeyBand, chunk: int = ATTN_CHUNK):
+    """``attend`` with the score memory bounded: O(chunk x keys) for full layers, O(chunk x (chunk + window))
+    for sliding ones.   [B, T, N, E], [B, S, G, E] x2 -> [B, T, N*E]
+
+    Up to ``chunk`` queries: one ``attend`` call over every key (the plain path, bit for bit). More: blocks of
+    ``chunk`` query rows, each against only the keys it may see (causal: keys up to its last query; sliding:
+    from its first query's window start). The keys left out are exactly those the mask hides (their softmax
+    weight is an exact 0), so each row's result is the same sum over fewer terms: equal up to float rounding
+    (the order of the sums changes with their length)."""
+    B, T, N, E = q.shape
+    if T <= chunk:
+        return attend(q, k, v, band.mask())
+    out = np.empty((B, T, N * E), dtype=q.dtype)                              # [B, T, N*E]
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        first, last = band.q_pos[t0], band.q_pos[t1 - 1]
+        k0 = 0 if band.sliding_window is None else int(np.searchsorted(band.k_pos, first - band.sliding_window + 1))
+        k1 = int(np.searchsorted(band.k_pos, last, side="right"))
+        out[:, t0:t1] = attend(q[:, t0:t1], k[:, k0:k1], v[:, k0:k1], band.mask(t0, t1, k0, k1))
+    return out
+
+
 def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_kv=None, rec=None):
     """One attention block.   [B, T, D] -> ([B, T, D], (k [B, S, G, E], v [B, S, G, E]))
 
     ``past_kv``: the cached (k, v) of this layer (keys before this call), or None. ``shared_kv``: the producer's
-    (k, v) for a KV-shared layer (then this layer computes no K/V). ``mask`` [B|1, T, S] matches the keys used.
+    (k, v) for a KV-shared layer (then this layer computes no K/V). ``mask`` [B|1, T, S] matches the keys used,
+    or a ``KeyBand`` describing it (then long prompts attend block by block: ``attend_blocks``).
     Returns the output and the keys/values it attended over (what a producer stores and shares).
     ``rec(name, array)``, if given, receives ``q`` (after q_norm and RoPE) and, unless KV-shared, this call's
     ``k`` (after k_norm and RoPE) and ``v`` (after v_norm)."""
@@ -149,7 +191,10 @@ def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_k
         if past_kv is not None:
             k = np.concatenate([past_kv[0], k], axis=1)                       # [B, S, G, E]
             v = np.concatenate([past_kv[1], v], axis=1)                       # [B, S, G, E]
-    out = attend(q, k, v, mask)                                               # [B, T, N*E]
+    if isinstance(mask, KeyBand):
+        out = attend_blocks(q, k, v, mask)                                    # [B, T, N*E] bounded memory
+    else:
+        out = attend(q, k, v, mask)                                           # [B, T, N*E]
     return linear(out, p["o_proj.weight"]), (k, v)                            # [B, T, D]
 
 

@@ -21,17 +21,22 @@ only floats), and the ``lm_head.weight`` of untied models (Gemma 3n ties it).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from . import accel
+from .bf16 import BF16Weight
 from .config import Gemma3nConfig, read_json
 from .errors import CheckpointError, ConfigError
 from .params import ParamView
 from .safetensors_io import (SafetensorsFile, as_bf16, bf16_bits_to_float32, float32_to_bf16_bits, load_safetensors,
                              save_safetensors, to_float)
 from .weight_shapes import text_weight_shapes
+
+BF16_ENV = "MINIG3N_BF16"   # "widen": widen every BF16 tensor to float32 on first use (the old behaviour)
 
 # Besides Checkpoint, the file-level helpers and the text shape table are importable from here, where the
 # walkthrough and the tests have always found them (they live in safetensors_io and weight_shapes).
@@ -131,11 +136,48 @@ class Checkpoint:
         return self.file_of(name).info(name)[0]
 
     def get(self, name: str) -> np.ndarray:
-        """The whole tensor as ``self.dtype`` (converted once, then cached)."""
+        """The whole tensor as ``self.dtype`` (converted once, then cached). In float32 mode a 2-D BF16
+        matrix of the text decoder comes back as a ``bf16.BF16Weight`` instead (see ``keeps_bf16``)."""
         if name not in self._cache:
             f = self.file_of(name)
-            self._cache[name] = to_float(f.raw(name), f.info(name)[0], self.dtype)
+            if self.keeps_bf16(name):
+                self._cache[name] = BF16Weight(f.raw(name))                   # a view: nothing widened
+            else:
+                self._cache[name] = to_float(f.raw(name), f.info(name)[0], self.dtype)
         return self._cache[name]
+
+    def keeps_bf16(self, name: str) -> bool:
+        """True for the tensors handed out as BF16 bits: float32 mode, stored BF16, 2-D, under the text
+        decoder's prefix (its linear weights and the tied embedding, multiplied by ``ops.linear`` straight
+        from the memory map), numba kernels available (``accel.mode()``). ``MINIG3N_BF16=widen`` turns it
+        off (every tensor widened once and cached, as before); float64 mode and the NumPy-only mode always
+        widen."""
+        if self.dtype != np.float32 or os.environ.get(BF16_ENV, "").strip().lower() == "widen":
+            return False
+        if accel.mode() != "numba":   # NumPy only: widening per block made a decode GEMV 2-3x slower than
+            return False              # a cached float32 copy (tests/bench/README.md); keep the cache there
+        dtype, shape = self.file_of(name).info(name)
+        return dtype == "BF16" and len(shape) == 2 and name.startswith(self.text_prefix)
+
+    def prefetch(self, names) -> None:
+        """Ask the OS to start reading the byte ranges of ``names`` into the page cache, in the background
+        (``posix_fadvise(WILLNEED)``; nothing is converted or copied, and it returns at once). Used for the
+        BF16 matrices the first forward pass will read straight from the memory map: their disk reads then
+        overlap the first layers' compute and come in large requests instead of one page fault at a time."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        by_file: dict = {}
+        for name in names:
+            f = self.file_of(name)
+            begin, end = f.header[name]["data_offsets"]
+            by_file.setdefault(f.path, []).append((f.data_start + begin, end - begin))
+        for path, ranges in by_file.items():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for offset, length in sorted(ranges):
+                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def rows(self, name: str, ids) -> np.ndarray:
         """``table[ids]`` for a 2-D table, reading only those rows from disk. ids: any int array shape."""

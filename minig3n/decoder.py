@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import altup as altup_mod
-from .attention import attention_mask as build_mask
+from .attention import KeyBand
 from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
 from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
@@ -93,7 +93,8 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
     else:
         ckpt = Checkpoint(model_dir_or_checkpoint, np.float32 if dtype is None else dtype)
     cfg, prefix = ckpt.config.text, ckpt.text_prefix
-    ckpt.check_shapes(text_weight_shapes(cfg, prefix))
+    shapes = text_weight_shapes(cfg, prefix)
+    ckpt.check_shapes(shapes)
     if constants not in ("reference", "exact"):
         raise InputError(f"constants must be 'reference' or 'exact', got {constants!r}")
     if constants == "exact":
@@ -102,6 +103,8 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
         import dataclasses
         cfg = dataclasses.replace(cfg)
         object.__setattr__(cfg, "exact_constants", True)   # read with getattr(cfg, "exact_constants", False)
+    table = prefix + "embed_tokens_per_layer.weight"             # read row by row, never whole
+    ckpt.prefetch([n for n in shapes if n != table and ckpt.keeps_bf16(n)])  # BF16 kept: start reading (cold start)
     return TextModel(cfg, ckpt, prefix)
 
 
@@ -341,20 +344,17 @@ def rope_tables(cfg, cache_pos, position_ids, B: int, T: int, dtype) -> dict:
 
 
 def layer_masks(cfg, cache_pos, attention_mask, B: int, total: int):
-    """``mask_for(layer_idx, k_pos)`` -> the additive mask [B|1, T, S] of that layer's type over keys at cache
-    positions ``k_pos`` (made once per type and key range). ``attention_mask`` [B, total] of 1/0 or None."""
+    """``mask_for(layer_idx, k_pos)`` -> the ``attention.KeyBand`` of that layer over keys at cache positions
+    ``k_pos`` (query and key positions, real keys, window: attention builds the [B|1, T, S] mask from it,
+    block by block for long prompts). ``attention_mask`` [B, total] of 1/0 or None."""
     if attention_mask is not None:
         key_is_real = np.asarray(attention_mask)                              # [B, S_total]
         if key_is_real.shape != (B, total):
             raise InputError(f"attention_mask must have shape [batch, cached + new tokens] = {[B, total]}, "
                              f"got {list(key_is_real.shape)}")
         key_is_real = key_is_real.astype(bool)                                # [B, S_total]
-    masks = {}
 
-    def mask_for(layer_idx, k_pos):
-        key = (cfg.layer_types[layer_idx], int(k_pos[0]) if len(k_pos) else 0, len(k_pos))
-        if key not in masks:
-            real = None if attention_mask is None else key_is_real[:, k_pos]  # [B, S]
-            masks[key] = build_mask(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
-        return masks[key]                                                     # [B|1, T, S]
+    def mask_for(layer_idx, k_pos):   # the mask's ingredients; attention builds it block by block
+        real = None if attention_mask is None else key_is_real[:, k_pos]      # [B, S]
+        return KeyBand(cache_pos, k_pos, real, layer_sliding_window(cfg, layer_idx))
     return mask_for

@@ -13,6 +13,9 @@ the reference uses, cast to that dtype.
 """
 import numpy as np
 
+from .bf16 import BF16Weight
+from .bf16 import linear as bf16_linear
+
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the reference's constant
 GELU_CUBIC = np.float32(0.044715)
 
@@ -74,7 +77,13 @@ def softcap(x, cap):
 
 
 def linear(x, weight, bias=None):
-    """``x W^T (+ b)`` with W in PyTorch's [out, in] layout.   [..., in] -> [..., out]"""
+    """``x W^T (+ b)`` with W in PyTorch's [out, in] layout.   [..., in] -> [..., out]
+
+    W may be a ``bf16.BF16Weight`` (a BF16 matrix kept as stored): then ``bf16.linear`` widens it inside the
+    product."""
+    if isinstance(weight, BF16Weight):
+        y = bf16_linear(x, weight)
+        return y if bias is None else y + bias.astype(x.dtype, copy=False)
     y = x @ weight.astype(x.dtype, copy=False).T
     return y if bias is None else y + bias.astype(x.dtype, copy=False)
 

@@ -1,6 +1,7 @@
 """Speed of minig3n against the reference (transformers / timm on torch), same inputs, same weights, one run.
 
     python -m tests.bench.bench_speed [--quick] [--threads N] [--cases text,decode,audio,vision] [--repeats R]
+                                      [--audio-seconds S]
 
 Cases (``--quick``: the small variant in brackets, for the reference-tier smoke test):
 
@@ -11,7 +12,7 @@ Cases (``--quick``: the small variant in brackets, for the reference-tier smoke 
 * ``decode``: greedy generation of 32 tokens [8] after a 64-token [16] prompt, same model:
   ``minig3n.generate.Generator.generate`` against ``model.generate(do_sample=False)``, prefill included;
   the tokens must agree.
-* ``audio``: 5 s [1 s] of audio through the default (E2B/E4B-size) audio config [``goldens_audio.TINY``],
+* ``audio``: 5 s [1 s] of audio (``--audio-seconds 30``: the 30 s a Gemma 3n prompt clip may hold) through the default (E2B/E4B-size) audio config [``goldens_audio.TINY``],
   random weights: ``extract_features`` + ``usm.audio_encoder`` against ``Gemma3nAudioFeatureExtractor`` +
   ``Gemma3nAudioEncoder``.
 * ``vision``: one 768 x 768 [64 x 64] image through ``mobilenetv5_300m_enc`` [``goldens_vision.SPEC``],
@@ -318,6 +319,8 @@ def spawn(role: str, work: Path, a, case: str = "") -> dict:
         cmd.append("--quick")
     if a.repeats:
         cmd += ["--repeats", str(a.repeats)]
+    if a.audio_seconds:
+        cmd += ["--audio-seconds", str(a.audio_seconds)]
     p = subprocess.run(cmd, cwd=REPO, env=worker_env(a.threads), capture_output=True, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stderr)
@@ -382,9 +385,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides (default 1)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--repeats", type=int, default=0, help="timed calls per case (default: per case; 1 with --quick)")
+    ap.add_argument("--audio-seconds", type=float, default=0, help="length of the audio case's clip (default 5 s)")
     ap.add_argument("--worker", choices=["prepare", "minig3n", "reference"], help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.audio_seconds:
+        SIZES["audio_samples"] = (int(a.audio_seconds * 16000), SIZES["audio_samples"][1])
     a.case_list = [c.strip() for c in a.cases.split(",") if c.strip()]
     bad = [c for c in a.case_list if c not in CASES]
     if bad or not a.case_list:

@@ -1,0 +1,147 @@
+"""BF16 weights kept as BF16: ``x W^T`` read straight from the memory map, widened inside the product.
+
+The idea: a BF16 number is the top 16 bits of a float32, so widening is a shift, exact. Gemma 3n's official
+checkpoints store every matrix in BF16; converting them all to float32 on first use (what minig3n did before)
+doubles the bytes a decode step reads (9.7 GB instead of 4.85 GB per token for E2B) and the resident
+memory (15.8 GiB). Here a 2-D BF16 tensor of the text decoder is handed out as a ``BF16Weight`` (its uint16
+bits, a read-only view into the memory map, and its shape) and ``ops.linear`` multiplies with it directly:
+
+* **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits
+  the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread),
+  widens one weight row at a time into a small buffer and takes its dot product with each token in float32.
+  The weights are read once per call, 2 bytes per entry.
+  NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
+* **many rows** (prefill): blocks of ``BLOCK_ROWS`` weight rows are widened into a reusable float32 buffer
+  and multiplied by BLAS (``blocked``): one GEMM per block; the widening is a NumPy shift into the buffer.
+
+Results: the widened values are exact, so only the order of the float32 sums differs from
+``x @ float32(W).T``. The GEMV kernel's sum is vectorised by the compiler (reassociated); BLAS orders its
+sums its own way; both are float32 accumulations of the same products (relative differences of a few 1e-7,
+see tests/test_bf16.py for the stated tolerance).
+
+Selection (``accel.mode()``, read per call): numba available and not ``MINIG3N_ACCEL=numpy`` -> the numba
+kernels; else the NumPy twins. float64 inputs never come here with a BF16 weight from a ``Checkpoint``
+(float64 mode widens every tensor as before); if they do, the weight is widened whole to float64 (exact).
+
+Source: the BF16 format (the upper half of an IEEE float32); ``torch.bfloat16 -> float32`` is the same shift.
+Left out: BF16 activations (compute stays float32), quantised weights, weights that are not 2-D.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import accel
+
+GEMV_ROWS = 8            # up to this many tokens: the GEMV kernel (reads the weights once for all of them)
+SERIAL_SIZE = 1 << 20    # matrices up to this many entries (2 MiB of BF16) run the GEMV on one thread
+BLOCK_ROWS = 1024        # weight rows widened per BLAS call in the blocked path (1024 x 2048 x 4 B = 8 MiB)
+
+
+class BF16Weight:
+    """A read-only 2-D BF16 matrix as stored: ``bits`` (uint16 [out, in]) and ``shape``. Widened only inside
+    ``linear``; ``np.asarray(w)`` / ``w.astype(float32)`` give the whole matrix widened (exact), for code
+    that needs a plain array."""
+
+    __slots__ = ("bits", "shape")
+    ndim = 2
+
+    def __init__(self, bits: np.ndarray):
+        if bits.dtype != np.uint16 or bits.ndim != 2:
+            raise ValueError(f"BF16Weight needs 2-D uint16 bit patterns, got {bits.dtype} {list(bits.shape)}")
+        self.bits, self.shape = bits, tuple(bits.shape)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)          # what it widens to
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes
+
+    def astype(self, dtype, copy=True):
+        return widen(self.bits).astype(dtype, copy=False)
+
+    def __array__(self, dtype=None, copy=None):
+        out = widen(self.bits)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"BF16Weight{list(self.shape)}"
+
+
+def widen(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint16 BF16 bits -> float32, exactly (into ``out``, a float32 array of the same shape, if given)."""
+    if out is None:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    np.left_shift(bits, 16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
+
+
+def linear(x: np.ndarray, w: BF16Weight) -> np.ndarray:
+    """``x W^T`` for a BF16 weight [out, in].   [..., in] -> [..., out] float32 (x float32)."""
+    if x.dtype != np.float32:                            # float64: exact widening, then as before
+        return x @ widen(w.bits).astype(x.dtype).T
+    lead, I = x.shape[:-1], x.shape[-1]
+    O = w.shape[0]
+    if I != w.shape[1]:
+        raise ValueError(f"linear: input width {I} does not match the weight's {list(w.shape)}")
+    x2 = np.ascontiguousarray(x.reshape(-1, I))          # [N, in]
+    numba = accel.mode() == "numba"
+    if x2.shape[0] <= GEMV_ROWS:
+        y = gemv_numba(x2, w.bits) if numba else gemv_numpy(x2, w.bits)
+    else:
+        y = blocked(x2, w.bits)
+    return y.reshape(*lead, O)
+
+
+# GEMV (decode) ---------------------------------------------------------------------------------------------
+def gemv_numpy(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """NumPy twin of the GEMV kernel: ``x @ widen(bits).T`` one block of rows at a time (nothing whole is
+    widened).   [N, in], [out, in] -> [N, out]"""
+    return blocked(x, bits)
+
+
+def gemv_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The compiled GEMV (output rows split over the threads for big matrices).
+    [N, in] float32, [out, in] uint16 -> [N, out]"""
+    y = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
+    k = _kernels()
+    (k.gemv_serial if bits.size <= SERIAL_SIZE else k.gemv_parallel)(x, bits, y)   # small: not worth waking threads
+    return y
+
+
+# Blocked: widen a block of rows, BLAS GEMM (prefill) ------------------------------------------------------
+_scratch: dict = {}      # reusable float32 block buffers, by width (a cache of scratch space, not state)
+
+
+def _buffer(rows: int, width: int) -> np.ndarray:
+    buf = _scratch.get(width)
+    if buf is None or buf.shape[0] < rows:
+        buf = _scratch[width] = np.empty((rows, width), dtype=np.float32)
+    return buf[:rows]
+
+
+def blocked(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``x @ widen(bits).T`` widening ``BLOCK_ROWS`` weight rows at a time into one reusable buffer.
+    [N, in] float32, [out, in] uint16 -> [N, out]. The same code with or without numba: a parallel numba
+    widening loop measured slower than NumPy's shift here (834 ms against 570 ms for a T=128 8192 x 2048
+    product, same minute) -- its threads and OpenBLAS's fight over the two cores."""
+    O, I = bits.shape
+    y = np.empty((x.shape[0], O), dtype=np.float32)
+    rows = max(1, min(O, BLOCK_ROWS * 2048 // max(I, 1)))          # about 8 MiB of float32 per block
+    for o0 in range(0, O, rows):
+        o1 = min(O, o0 + rows)
+        buf = _buffer(o1 - o0, I)
+        widen(bits[o0:o1], buf)          # NumPy's shift: a compiled one was slower (tests/bench/README.md)
+        np.matmul(x, buf.T, out=y[:, o0:o1])
+    return y
+
+
+# numba plumbing ------------------------------------------------------------------------------------------
+def _kernels():
+    """minig3n._bf16_kernels (imports numba; ConfigError if it cannot be imported)."""
+    if not accel._import_numba():
+        from .errors import ConfigError
+        raise ConfigError(accel._NO_NUMBA)
+    from . import _bf16_kernels
+    return _bf16_kernels

@@ -1,0 +1,173 @@
+"""BF16 weights kept as BF16 (minig3n/bf16.py, _bf16_kernels.py) and bounded-memory attention
+(attention.attend_blocks) against the plain NumPy computations they replace.
+
+Tolerances (rel_err = max abs difference / max abs value):
+* GEMV kernel vs NumPy (float32): <= 2e-6. Both add the same exact float32 products (BF16 widening is exact)
+  in float32, in different orders (the kernel's sum is vectorised by LLVM, BLAS blocks its own way). Each
+  order is within about sqrt(in) ulp of the exact sum; rows of up to 8192 entries give a few 1e-7, and 2e-6
+  stays 5x inside the 1e-5 of the float32 goldens. Both are also checked against the float64 product.
+* Blocked path (prefill): the same NumPy code with or without numba; against the whole-matrix float32 product
+  and the float64 one, <= 2e-6 (BLAS may order a block's sums differently from the whole matrix's).
+* attend_blocks vs attend: float64 <= 1e-12, float32 <= 1e-6: each row is the same softmax over the same
+  visible keys; the hidden keys (exact zeros) are left out, so only the length, hence the order, of the sums
+  changes.
+* Whole model (tiny checkpoint, BF16 stored): logits <= 1e-5 relative to the widened-float32 path, and the
+  greedy tokens are identical.
+"""
+import numpy as np
+import pytest
+
+from minig3n import accel, bf16
+from minig3n.attention import KeyBand, attend, attend_blocks
+from minig3n.checkpoint import Checkpoint
+from minig3n.ops import linear
+from tests.golden_io import rel_err
+
+TINY = "weights/tiny-random-gemma3n"
+GEMV_TOL, ATTN_TOL = 2e-6, {np.float64: 1e-12, np.float32: 1e-6}
+
+
+def random_bits(rng, shape):
+    """BF16 bit patterns of N(0, 1/in) values (sign, exponent and mantissa all exercised)."""
+    x = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[1]))
+    return (x.view(np.uint32) >> 16).astype(np.uint16)
+
+
+SHAPES = [(4, 2048), (256, 2048), (2048, 256), (64, 2048), (2048, 64), (1000, 2048), (3000, 100), (37, 13),
+          (9000, 2048)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_gemv_kernel_matches_numpy_twin(shape, n):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1] + n)
+    bits = random_bits(rng, shape)
+    x = rng.standard_normal((n, shape[1]), dtype=np.float32)
+    exact = x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T
+    got, twin = bf16.gemv_numba(x, bits), bf16.gemv_numpy(x, bits)
+    assert got.dtype == twin.dtype == np.float32
+    assert rel_err(got, twin) <= GEMV_TOL
+    assert rel_err(got, exact) <= GEMV_TOL and rel_err(twin, exact) <= GEMV_TOL
+
+
+@pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_blocked_widening_matches_float32_product(shape):
+    """The prefill path (the same NumPy code in both modes) against the product with the whole matrix widened
+    (same float32 BLAS, blocked over output rows) and the float64 product."""
+    rng = np.random.default_rng(shape[0])
+    bits = random_bits(rng, shape)
+    x = rng.standard_normal((40, shape[1]), dtype=np.float32)
+    a = bf16.blocked(x, bits)
+    assert rel_err(a, x @ bf16.widen(bits).T) <= GEMV_TOL
+    assert rel_err(a, x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T) <= GEMV_TOL
+
+
+def test_widen_is_exact_and_bf16weight_behaves_like_its_array():
+    rng = np.random.default_rng(1)
+    bits = random_bits(rng, (5, 7))
+    w = bf16.BF16Weight(bits)
+    f = bf16.widen(bits)
+    assert np.array_equal(f.view(np.uint32) >> 16, bits) and np.array_equal(f.view(np.uint32) & 0xFFFF, 0 * bits)
+    assert np.array_equal(np.asarray(w), f) and np.array_equal(w.astype(np.float64), f.astype(np.float64))
+    assert w.shape == (5, 7) and w.nbytes == 70
+    with pytest.raises(ValueError, match="2-D uint16"):
+        bf16.BF16Weight(f)
+
+
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+@pytest.mark.parametrize("lead", [(1, 1), (1, 5), (2, 3, 4), (1, 130)])
+def test_linear_dispatch(lead, mode, monkeypatch):
+    monkeypatch.setenv(accel.ENV, mode)
+    rng = np.random.default_rng(len(lead))
+    bits = random_bits(rng, (300, 96))
+    x = rng.standard_normal(lead + (96,), dtype=np.float32)
+    got = linear(x, bf16.BF16Weight(bits))
+    plain = linear(x, bf16.widen(bits))
+    assert got.shape == lead + (300,) and got.dtype == np.float32
+    assert rel_err(got, plain) <= GEMV_TOL
+    x64 = x.astype(np.float64)                       # float64: exact widening, the plain product bit for bit
+    assert np.array_equal(linear(x64, bf16.BF16Weight(bits)), linear(x64, bf16.widen(bits)))
+    with pytest.raises(ValueError, match="input width"):
+        linear(x[..., :95], bf16.BF16Weight(bits))
+
+
+def test_checkpoint_hands_out_bf16_only_where_it_should(monkeypatch):
+    name = "model.language_model.layers.0.mlp.gate_proj.weight"
+    norm = "model.language_model.layers.0.input_layernorm.weight"
+    assert isinstance(Checkpoint(TINY).get(name), bf16.BF16Weight)
+    assert isinstance(Checkpoint(TINY).get(norm), np.ndarray)                      # 1-D: widened
+    assert isinstance(Checkpoint(TINY, np.float64).get(name), np.ndarray)          # float64: widened
+    tower = next(n for n in Checkpoint(TINY).names if n.startswith("model.audio_tower") and
+                 len(Checkpoint(TINY).shape(n)) == 2)
+    assert isinstance(Checkpoint(TINY).get(tower), np.ndarray)                     # not the text decoder
+    monkeypatch.setenv("MINIG3N_BF16", "widen")
+    assert isinstance(Checkpoint(TINY).get(name), np.ndarray)
+    monkeypatch.delenv("MINIG3N_BF16")
+    monkeypatch.setenv(accel.ENV, "numpy")
+    assert isinstance(Checkpoint(TINY).get(name), np.ndarray)                      # NumPy only: float32 cache
+
+
+def _greedy(n=16):
+    from minig3n.generate import Generator, Prompt
+    gen = Generator.load(TINY)
+    ids = [2, 17, 400, 33, 512, 7, 900, 64, 5, 250, 11, 700]
+    from minig3n import decoder
+    logits, _ = decoder.forward(gen.model, np.asarray([ids]))
+    return [t for t, _ in gen.generate(Prompt(ids), n)], logits, gen.model.ckpt
+
+
+def test_whole_model_bf16_kernels_vs_widened(monkeypatch):
+    toks, logits, ck = _greedy()
+    assert isinstance(ck.get(ck.text_prefix + "embed_tokens.weight"), bf16.BF16Weight)
+    monkeypatch.setenv("MINIG3N_BF16", "widen")
+    toks_w, logits_w, ck_w = _greedy()
+    assert isinstance(ck_w.get(ck_w.text_prefix + "embed_tokens.weight"), np.ndarray)
+    assert toks == toks_w
+    assert rel_err(logits, logits_w) <= 1e-5
+
+
+# Bounded-memory attention ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("window", [None, 5, 16])
+@pytest.mark.parametrize("past,T,chunk", [(0, 23, 4), (9, 17, 5), (0, 8, 8), (30, 1, 4)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attend_blocks_matches_attend(dtype, window, past, T, chunk, padded):
+    rng = np.random.default_rng(T + past + (window or 0))
+    B, N, G, E = 2, 4, 2, 8
+    S = past + T
+    q = rng.standard_normal((B, T, N, E)).astype(dtype)
+    k = rng.standard_normal((B, S, G, E)).astype(dtype)
+    v = rng.standard_normal((B, S, G, E)).astype(dtype)
+    real = None
+    if padded:
+        real = np.ones((B, S), bool)
+        real[1, :3] = False                                   # row 1 left-padded by 3
+    band = KeyBand(past + np.arange(T), np.arange(S), real, window)
+    want = attend(q, k, v, band.mask())
+    got = attend_blocks(q, k, v, band, chunk=chunk)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert rel_err(got, want) <= ATTN_TOL[dtype]
+    if T <= chunk:
+        assert np.array_equal(got, want)                      # short calls take the plain path
+
+
+def test_load_prefetches_the_bf16_matrices_but_not_the_ple_table(monkeypatch):
+    """Cold start: load_text_model asks the OS to read ahead exactly the BF16 matrices it keeps as BF16 (their
+    byte ranges), never the per-layer-embedding table (read row by row); float64 mode prefetches nothing."""
+    import os
+
+    from minig3n import decoder
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)))
+    model = decoder.load_text_model(TINY)
+    ck, pre = model.ckpt, model.prefix
+    kept = [n for n in ck.names if n.startswith(pre) and ck.keeps_bf16(n) and "embed_tokens_per_layer" not in n]
+    want = set()
+    for n in kept:
+        f = ck.file_of(n)
+        b, e = f.header[n]["data_offsets"]
+        want.add((f.data_start + b, e - b, os.POSIX_FADV_WILLNEED))
+    assert len(kept) > 10 and set(calls) == want and len(calls) == len(want)
+    calls.clear()
+    decoder.load_text_model(TINY, np.float64)
+    assert calls == []
