@@ -13,7 +13,7 @@ a constant when a trained checkpoint lands, then re-executes (``_build.py --exec
 
 TEXT_MODEL = "weights/nano-gemma3n"            # trained on Shakespeare (chapters 00, 02-08)
 MM_MODEL = "weights/tiny-random-gemma3n"       # multimodal pictures (09 audio, 11 vision, 12 multimodal)
-MATFORMER_MODEL = "weights/nano-gemma3n"       # the model sliced in chapter 10 (nested FFNs if MatFormer-trained)
+MATFORMER_MODEL = "weights/nano-gemma3n-matformer"  # the model sliced in chapter 10 (nested FFNs if MatFormer-trained)
 TINY_MODEL = "weights/tiny-random-gemma3n"     # the reference's tiny random checkpoint (numeric checks)
 
 
@@ -2308,22 +2308,24 @@ with tempfile.TemporaryDirectory() as tmp:
     md(r'''
 ## Slicing a trained model, and what it costs
 
-`@MATFORMER_MODEL@` (`MATFORMER_MODEL` in `walkthrough/_chapters.py`) cut to a fraction of every FFN,
-scored on the first 4 held-out windows of its evaluation slice (next-token loss, nats). A model trained
-*without* MatFormer's nested loss (the Shakespeare nano) degrades quickly; a MatFormer-trained one should
-degrade gracefully.
+`@MATFORMER_MODEL@` (`MATFORMER_MODEL` in `walkthrough/_chapters.py`, nano-gemma3n fine-tuned with
+MatFormer's nested loss: each step trains one sub-model, FFN prefixes of 100 %, 75 %, 50 % or 25 %) and
+`@TEXT_MODEL@` (trained *without* it) cut to a fraction of every FFN, scored on the first 4 held-out
+windows of the Shakespeare evaluation slice (next-token loss, nats). The model trained without the nested
+loss degrades quickly; the nested-trained one degrades gracefully: that is what MatFormer is for.
 '''),
     code(r'''
 from minig3n.tokenizer import Tokenizer
 
 MF = ROOT / "@MATFORMER_MODEL@"
-if (MF / "eval_slice.npy").exists():                                  # held-out windows shipped with the model
-    windows = np.load(MF / "eval_slice.npy")[:4].astype(np.int64)     # [4, 129]
+PLAIN = ROOT / "@TEXT_MODEL@"
+EVAL = MF if (MF / "eval_slice.npy").exists() else PLAIN               # held-out windows (same tokenizer)
+if (EVAL / "eval_slice.npy").exists():
+    windows = np.load(EVAL / "eval_slice.npy")[:4].astype(np.int64)   # [4, 129]
 else:                                                                 # else: a passage in the model's own tokens
     windows = np.asarray([Tokenizer.from_dir(MF).encode(
         "HAMLET.\nTo be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n")])
-full_I = decoder.load_text_model(MF).cfg.intermediate_size
 
 
 def loss_of(model_dir):
@@ -2334,19 +2336,22 @@ def loss_of(model_dir):
 
 
 fractions = [1.0, 0.75, 0.5, 0.25]
-losses, sizes = [], []
-with tempfile.TemporaryDirectory() as tmp:
-    for f in fractions:
-        spec = matformer.SliceSpec([max(8, int(round(I * f / 8)) * 8) for I in full_I], [])
-        out = MF if f == 1.0 else matformer.slice_checkpoint(MF, Path(tmp) / f"cut{f}", spec)
-        losses.append(loss_of(out)); sizes.append(matformer.count_checkpoint(out).effective / 1e6)
 fig, ax = plt.subplots(figsize=(6.5, 3))
-ax.plot(sizes, losses, "o-")
-for f, x_, y_ in zip(fractions, sizes, losses):
-    ax.annotate(f"{f:.0%} FFN", (x_, y_), textcoords="offset points", xytext=(5, 5), fontsize=8)
-ax.set(xlabel="effective parameters (M)", ylabel="held-out loss (nats)", title=f"slices of {MF.name}")
+for model_dir in dict.fromkeys([PLAIN, MF]):                          # both, or one if they are the same
+    full_I = decoder.load_text_model(model_dir).cfg.intermediate_size
+    losses, sizes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in fractions:
+            spec = matformer.SliceSpec([max(8, int(round(I * f / 8)) * 8) for I in full_I], [])
+            out = model_dir if f == 1.0 else matformer.slice_checkpoint(model_dir, Path(tmp) / f"cut{f}", spec)
+            losses.append(loss_of(out)); sizes.append(matformer.count_checkpoint(out).effective / 1e6)
+    ax.plot(sizes, losses, "o-", label=model_dir.name)
+    for f, x_, y_ in zip(fractions, sizes, losses):
+        ax.annotate(f"{f:.0%}", (x_, y_), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    print(f"{model_dir.name}: loss by FFN fraction:", {f: round(l_, 3) for f, l_ in zip(fractions, losses)})
+ax.set(xlabel="effective parameters (M)", ylabel="held-out loss (nats)", title="FFN slices: nested-trained vs not")
+ax.legend(fontsize=8)
 show(fig)
-print("loss by FFN fraction:", {f: round(l_, 3) for f, l_ in zip(fractions, losses)})
 '''),
     poke(
         "Skip a layer of the nano instead of narrowing it (`SliceSpec(None, [4])`): which costs less, skipping layer 4 or halving every FFN?",
