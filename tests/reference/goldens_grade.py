@@ -22,13 +22,11 @@ the float32 activation casts lifted (``lift_text.lifted_text``), on the same flo
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from tests.golden_io import save_golden
-from tests.reference.lift_text import lifted_text
+from tests.reference.goldens_text import _both, _np
 from tests.reference.text_models import tiny_causal_lm
 
 SEED = 4321
@@ -39,22 +37,9 @@ def _rand(shape, seed, scale=1.0):
     return (scale * torch.randn(shape, generator=g)).to(torch.float32)
 
 
-def _np(t):
-    return t.detach().numpy()
-
-
 def _versions():
     from tests.reference.versions import stamp
     return stamp("torch", "transformers", "timm")
-
-
-def _both(model32, fn):
-    model64 = copy.deepcopy(model32).double()
-    with torch.no_grad():
-        out32 = {k: _np(v) for k, v in fn(model32, torch.float32).items()}
-        with lifted_text():
-            out64 = {k: _np(v) for k, v in fn(model64, torch.float64).items()}
-    return out32, out64
 
 
 def _config_meta(model):
