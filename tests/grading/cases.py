@@ -884,10 +884,8 @@ def b_conv2d(dt, rng):
                   {"out": out_of(g, dt)[f"conv.{c}"]}, TOL[dt]) for c, a in g.meta["conv"].items()]
     B, C, H, W = int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(3, 14)), int(rng.integers(3, 14))
     O, k, s = int(rng.integers(1, 6)), int(rng.choice([1, 3, 5])), int(rng.integers(1, 3))
-    # minig3n's conv2d drops the bias on its 1x1 stride-1 fast path (only the 3x3 stem has a bias in the
-    # model), so the bias is drawn only for the other convolutions
     x, w = rnd(rng, (B, C, H, W), dt), rnd(rng, (O, C, k, k), dt, 0.3)
-    b = rnd(rng, (O,), dt) if (k, s) != (1, 1) else None
+    b = rnd(rng, (O,), dt) if rng.integers(0, 2) else None                    # with and without a bias
     cases.append(Case(f"random:x{x.shape},w{w.shape},stride={s},bias={b is not None}", lambda f: f(x, w, s, 1, b),
                       {"out": _m("mobilenetv5").conv2d(x, w, s, 1, b)}, TOL[dt]))
     return cases
