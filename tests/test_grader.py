@@ -217,3 +217,15 @@ def test_a_function_that_never_returns_is_cut_off_per_check(tmp_path):
     res = json.loads(js.read_text())["results"]
     assert [x["status"] for x in res] == ["error", "error"]
     assert all("took longer than 1 s" in x["detail"] for x in res)
+
+
+def test_correct_student_graded_alone_on_one_concept_gets_full_marks(tmp_path):
+    """``--only mobilenetv5`` in a fresh process: the correct fixture's import pulls in namedtuple/typing, which
+    call sys._getframe for their own module bookkeeping; that must not count as reaching the grader's frames
+    (it once scored same_padding 'not your code', 36 of 38)."""
+    from tests.grade import grade_one
+    d = tmp_path / "alice"
+    students.write("correct", d)
+    rep = grade_one(d, d, seed=1, timeout=300, only="mobilenetv5")
+    assert rep["scores"]["total"] == rep["scores"]["max_total"] == 38, rep["status"]
+    assert "**not your code**" not in (d / "FEEDBACK.md").read_text()

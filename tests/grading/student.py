@@ -34,6 +34,9 @@ GOLDENS = (REPO / "tests" / "goldens").resolve()
 MINIG3N = (REPO / "minig3n").resolve()
 RESERVED = {"minig3n", "tests", "walkthrough", PKG}
 FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
+# Standard-library callers of sys._getframe that only read their own caller's module name (namedtuple's and
+# typing's __module__ bookkeeping, run when a student's import pulls those modules in afresh): not flagged.
+BOOKKEEPING_GETFRAME = {("collections/__init__.py", "namedtuple"), ("typing.py", "_caller")}
 
 
 class StudentImportError(ImportError):
@@ -157,12 +160,27 @@ class Guard:
             msg = f"replaced the grader's call hook ({event})"
         elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn"):
             msg = f"started another process ({event})"
+        elif event == "sys._getframe" and Guard._bookkeeping_caller():
+            return
         elif event in ("sys._getframe", "gc.get_objects", "gc.get_referrers", "gc.get_referents") or (
                 event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRS):
             # the grader's frames hold the cases (inputs, goldens, expected outputs): no looking around
             msg = f"inspected the grader's frames or objects ({event}{' ' + args[1] if event.startswith('object') else ''})"
         if msg and msg not in g.events:
             g.events.append(msg)
+
+    @staticmethod
+    def _bookkeeping_caller() -> bool:
+        """Is the code that called sys._getframe one of BOOKKEEPING_GETFRAME? (The look-up itself raises the
+        same audit event, so the guard is switched off around it.)"""
+        g, Guard._active = Guard._active, None
+        try:
+            code = sys._getframe(2).f_code       # 0 this, 1 _audit, 2 the code that called sys._getframe
+        except ValueError:
+            return False
+        finally:
+            Guard._active = g
+        return any(code.co_filename.endswith("/" + f) and code.co_name == n for f, n in BOOKKEEPING_GETFRAME)
 
     def _trace(self, frame, event, arg):
         """Global trace function: called once per new Python frame; returns None (no line tracing)."""
