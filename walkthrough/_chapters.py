@@ -2065,14 +2065,14 @@ enc, enc_invalid = usm.audio_encoder(hclip, ~hvalid, mm.ckpt.params("model.audio
 tokens = multimodal.audio_features(mm, hclip, hvalid)                               # [1, 16, D]
 print(f"{MM.name}, {name} ({len(heard) / 16000:.2f} s; voice, speed, pitch: {held[name]['desc']}): features "
       f"{hclip.shape[1]} frames -> encoder {enc.shape} -> audio tokens {tokens.shape}")
-fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.2), gridspec_kw=dict(width_ratios=[1.6, 2, 1, 1.2]))
+fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), gridspec_kw=dict(width_ratios=[1.6, 2, 1, 1.2], wspace=0.35))
 axes[0].plot(np.arange(len(heard)) / 16000, heard, lw=0.4, color="0.3"); axes[0].set(title="waveform", xlabel="time (s)")
 axes[1].imshow(hclip[0].T, origin="lower", aspect="auto", cmap="magma"); axes[1].set(title=f"features: {hclip.shape[1]} frames", xlabel="frame", ylabel="mel bin")
-axes[2].imshow(enc[0].T, origin="lower", aspect="auto", cmap="RdBu_r"); axes[2].set(title=f"encoder: {enc.shape[1]} x {enc.shape[2]}", xlabel="frame (160 ms)", ylabel="channel")
+axes[2].imshow(enc[0].T, origin="lower", aspect="auto", cmap="RdBu_r"); axes[2].set(title=f"encoder {enc.shape[1]} x {enc.shape[2]}", xlabel="frame (160 ms)", ylabel="channel")
 n_real = enc.shape[1]
 axes[3].imshow(tokens[0, :, :48].T, origin="lower", aspect="auto", cmap="RdBu_r")
 axes[3].axvline(n_real - 0.5, color="k", lw=1)
-axes[3].set(title=f"audio tokens ({tokens.shape[1]}); padding right of |", xlabel="audio token", ylabel="dim (first 48)")
+axes[3].set(title=f"{tokens.shape[1]} audio tokens", xlabel="audio token (padding right of |)", ylabel="dim (first 48)")
 show(fig)
 answer = "".join(piece for _, piece in generate(MM, chat="Which digit was spoken?", audio=[str(MM / "heldout" / name)],
                                                 max_new_tokens=4))
@@ -2620,13 +2620,12 @@ for col, name in enumerate(names):
     answer = "".join(p for _, p in generate(MM, chat="What digit is this?", images=[str(MM / "heldout" / name)],
                                             max_new_tokens=4))
     right += answer == str(held[name]["digit"])
-    axes[0, col].imshow(pic); axes[0, col].set_title(f"{name}: {pic.shape[1]} x {pic.shape[0]}", fontsize=8)
+    axes[0, col].imshow(pic); axes[0, col].set_title(f"{name}, {pic.shape[1]} x {pic.shape[0]}\nanswer {answer!r}", fontsize=8)
     axes[1, col].imshow(px.transpose(1, 2, 0)); axes[1, col].set_title("pixel values 64 x 64", fontsize=8)
     for row, k in ((2, stage_ends[0]), (3, stage_ends[1])):
         a = tr[k][0]
         axes[row, col].imshow(np.abs(a).mean(0), cmap="magma")
-        axes[row, col].set_title(f"stage {k.split('.')[-2]} {a.shape[1]}x{a.shape[2]}" +
-                                 (f"   -> answer {answer!r}" if row == 3 else ""), fontsize=8)
+        axes[row, col].set_title(f"stage {k.split('.')[-2]} {a.shape[1]}x{a.shape[2]}", fontsize=8)
 for ax in axes.flat:
     ax.set_xticks([]); ax.set_yticks([])
 show(fig)
@@ -2769,8 +2768,10 @@ print(repr(inp.text[:60]), "...")
 '''),
     md(r'''
 The merge, position by position: the size of each input embedding (after the merge) and of its PLE
-token part. Every id beyond the PLE table (the soft tokens, `<end_of_image>`, `<end_of_audio>`: the
-media vocabulary) reads the same PLE row 0, while the soft tokens' embeddings come from the towers.
+token part. The PLE token part is looked up from the **ids**, so all soft tokens of one kind share it, while
+their embeddings come from the towers. In E2B the media ids lie beyond the PLE table and all read row 0;
+`@MM_MODEL@` keeps its multimodal special tokens in the text range (its model card), so its image soft tokens
+read their own id's row, and its audio soft tokens another.
 '''),
     code(r'''
 mtr = {}
@@ -2786,10 +2787,15 @@ for k, (nm, c) in enumerate(zip(names, colors)):
 a1.set(ylabel="|merged embedding|"); a1.legend(fontsize=7, ncol=5, markerscale=2)
 a2.set(ylabel="|PLE token part|", xlabel="position")
 show(fig)
-beyond = np.flatnonzero(inp.input_ids[0] >= mmodel.text.cfg.vocab_size_per_layer_input)
-print(f"{len(beyond)} positions with ids beyond the PLE table share one PLE token part:",
-      bool(np.all(tokpart[beyond] == tokpart[beyond[0]])), "| logits", logits_mm.shape)
-assert np.all(tokpart[beyond] == tokpart[beyond[0]])
+for tid, nm in ((c_.image_token_id, "image soft"), (c_.audio_token_id, "audio soft")):
+    at = np.flatnonzero(inp.input_ids[0] == tid)
+    same = bool(np.all(tokpart[at] == tokpart[at[0]]))
+    differ = not np.allclose(emb[0, at[0]], emb[0, at[1]])
+    print(f"{len(at)} {nm} tokens (id {tid}): one PLE token part {same}, embeddings differ {differ}")
+    assert same and differ
+n_beyond = int((inp.input_ids[0] >= mmodel.text.cfg.vocab_size_per_layer_input).sum())
+print(f"ids beyond the PLE table ({mmodel.text.cfg.vocab_size_per_layer_input}) in this prompt: {n_beyond} | logits",
+      logits_mm.shape)
 '''),
     md(r'''
 ## The trained model answers

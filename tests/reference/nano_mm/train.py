@@ -17,9 +17,12 @@ tokenizer, chat template), ``train_log.tsv`` (one row per step; held-out accurac
 steps) and ``train_summary.json``.
 
 ``--determinism-check N`` trains N steps twice from the seed and compares the loss sequences.
-``--init-from DIR`` warm-starts from a checkpoint this script wrote (the published checkpoint is two stages: the
-defaults, then ``--init-from <stage 1> --steps 450 --warmup 10 --lr 0.002 --vision-steps 0``: more steps for the
-spoken digits, which were still improving when the first schedule ended).
+``--init-from DIR`` warm-starts from a checkpoint this script wrote. The published checkpoint is three stages
+(model card): the defaults; then ``--init-from <stage 1> --steps 450 --warmup 10 --lr 0.002 --vision-steps 0``
+(more steps for the spoken digits); then ``--init-from <stage 2> --fresh-vision --vision-steps 2400 --vision-lr
+0.001 --seg-weight 1 --steps 360 --lr 0.0015 --warmup 20``: a fresh vision tower, pre-trained with the auxiliary
+segmentation heads (``SegHeads``; the tower of stages 1-2 had collapsed to one output for every image), then
+chat steps for both modalities.
 """
 from __future__ import annotations
 
