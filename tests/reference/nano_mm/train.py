@@ -232,8 +232,6 @@ class SegHeads:
     where the glyph is, and the digit classifier starts to learn after ~150 steps (model card, "What it took").
     The hooks read the stage outputs of the ordinary forward."""
 
-    CH_FROM = "model.vision_tower.timm_model.blocks"
-
     def __init__(self, model):
         import torch
         blocks = model.model.vision_tower.timm_model.blocks
@@ -260,8 +258,9 @@ class SegHeads:
 
 
 def _out_channels(block) -> int:
-    convs = [m for m in block.modules() if isinstance(m, __import__("torch").nn.Conv2d)]
-    return convs[-1].out_channels
+    """Output channels of a timm block: those of its last conv."""
+    import torch
+    return [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
 
 
 def lr_at(step: int, a) -> float:
