@@ -127,7 +127,8 @@ def test_greedy_answers_equal_reference(proc, ref, kind):
 
 def test_training_is_deterministic():
     """Two vision pre-training steps and two steps of the chat training loop (image, audio and text batches of
-    2), twice from one seed: identical losses."""
+    2), with the published third stage's settings (auxiliary segmentation heads, ``--vision-lr``), twice from
+    one seed: identical losses."""
     from tests.reference.nano_mm import data, train
     from tests.reference.nano_mm import model as M
 
@@ -136,7 +137,8 @@ def test_training_is_deterministic():
     pool = data.clean_pool(4, 11)
     text = np.random.default_rng(0).integers(12, 4096, 3000).astype(np.int64)
     a = argparse.Namespace(**{**train.DEFAULTS, "steps": 2, "batch": 2, "text_batch": 1, "eval_every": 10 ** 9,
-                              "save_every": 0, "vision_steps": 2, "vision_batch": 2})
+                              "save_every": 0, "vision_steps": 2, "vision_batch": 2,
+                              "seg_weight": 1.0, "vision_lr": 1e-3})
     runs = [train.train(M.build(a.seed), train.Batcher(processor, sp, pool, text, 5), a, progress=False)
             for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 2

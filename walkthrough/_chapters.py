@@ -12,7 +12,7 @@ a constant when a trained checkpoint lands, then re-executes (``_build.py --exec
 """
 
 TEXT_MODEL = "weights/nano-gemma3n"            # trained on Shakespeare (chapters 00, 02-08)
-MM_MODEL = "weights/tiny-random-gemma3n"       # multimodal pictures (09 audio, 11 vision, 12 multimodal)
+MM_MODEL = "weights/nano-gemma3n-mm"          # multimodal pictures (09 audio, 11 vision, 12 multimodal)
 MATFORMER_MODEL = "weights/nano-gemma3n-matformer"  # the model sliced in chapter 10 (nested FFNs if MatFormer-trained)
 TINY_MODEL = "weights/tiny-random-gemma3n"     # the reference's tiny random checkpoint (numeric checks)
 
@@ -2039,29 +2039,60 @@ show(fig)
 print("filter width (FFT bins with weight > 0): first", int((fb[:, 0] > 0).sum()), "| last", int((fb[:, -1] > 0).sum()))
 '''),
     md(r'''
-## The clip through the audio tower
+## A held-out spoken digit through the trained audio tower
 
-The clip through the audio tower and embedder of `@MM_MODEL@` (`MM_MODEL` in `walkthrough/_chapters.py`;
-random weights until a trained multimodal checkpoint is set there): 4x fewer frames after the subsampling
-convolutions, 4x fewer again after the conformer, then padded to the fixed 188 audio tokens with the
-embedding of the padding id.
+`@MM_MODEL@` (`MM_MODEL` in `walkthrough/_chapters.py`; its model card, `README.md` there) is trained to
+answer "Which digit was spoken?" about one spoken digit word. Its 16 audio soft tokens hold 2.56 s, so the
+five-word clip above is too long for it (minig3n refuses it, naming the limit); it hears one of its committed
+held-out clips instead: an espeak-ng voice, noise at 20 dB SNR, a seed the training never used. 4x fewer
+frames after the subsampling convolutions, 4x fewer again after the conformer (one vector per 160 ms), then
+padded to the 16 audio tokens with the embedding of the padding id. The decoder reads those tokens and
+answers with the digit.
 '''),
     code(r'''
+import json
+
 from minig3n import multimodal, usm
+from minig3n.generate import generate
 
 MM = ROOT / "@MM_MODEL@"
 mm = multimodal.load_multimodal_model(MM, np.float32)
-atr = {}
-enc, enc_invalid = usm.audio_encoder(clip, ~clip_valid, mm.ckpt.params("model.audio_tower"), mm.cfg.audio, trace=atr)
-tokens = multimodal.audio_features(mm, clip, clip_valid)                            # [1, 188, D]
-print(f"{MM.name}: features {clip.shape[1]} frames -> encoder {enc.shape} -> audio tokens {tokens.shape}")
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw=dict(width_ratios=[2.2, 1, 1.3]))
-axes[0].imshow(clip[0].T, origin="lower", aspect="auto", cmap="magma"); axes[0].set(title=f"features: {clip.shape[1]} frames", xlabel="frame", ylabel="mel bin")
-axes[1].imshow(enc[0].T, origin="lower", aspect="auto", cmap="RdBu_r"); axes[1].set(title=f"encoder: {enc.shape[1]} x {enc.shape[2]}", xlabel="output frame (160 ms)", ylabel="channel")
+held = json.loads((MM / "heldout" / "labels.json").read_text())["files"]
+name = "audio_00.wav"
+heard = load_audio(MM / "heldout" / name)                                          # [A] float32, 16 kHz
+hclip, hvalid = features.extract_features([heard])                                  # [1, F, 128], [1, F]
+enc, enc_invalid = usm.audio_encoder(hclip, ~hvalid, mm.ckpt.params("model.audio_tower"), mm.cfg.audio)
+tokens = multimodal.audio_features(mm, hclip, hvalid)                               # [1, 16, D]
+print(f"{MM.name}, {name} ({len(heard) / 16000:.2f} s; voice, speed, pitch: {held[name]['desc']}): features "
+      f"{hclip.shape[1]} frames -> encoder {enc.shape} -> audio tokens {tokens.shape}")
+fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), gridspec_kw=dict(width_ratios=[1.6, 2, 1, 1.2], wspace=0.35))
+axes[0].plot(np.arange(len(heard)) / 16000, heard, lw=0.4, color="0.3"); axes[0].set(title="waveform", xlabel="time (s)")
+axes[1].imshow(hclip[0].T, origin="lower", aspect="auto", cmap="magma"); axes[1].set(title=f"features: {hclip.shape[1]} frames", xlabel="frame", ylabel="mel bin")
+axes[2].imshow(enc[0].T, origin="lower", aspect="auto", cmap="RdBu_r"); axes[2].set(title=f"encoder {enc.shape[1]} x {enc.shape[2]}", xlabel="frame (160 ms)", ylabel="channel")
 n_real = enc.shape[1]
-axes[2].imshow(tokens[0, :, :48].T, origin="lower", aspect="auto", cmap="RdBu_r")
-axes[2].axvline(n_real - 0.5, color="k", lw=1); axes[2].text(n_real + 4, 44, "padding embedding", fontsize=8)
-axes[2].set(title="audio tokens (first 48 of D)", xlabel="audio token (188)", ylabel="dim")
+axes[3].imshow(tokens[0, :, :48].T, origin="lower", aspect="auto", cmap="RdBu_r")
+axes[3].axvline(n_real - 0.5, color="k", lw=1)
+axes[3].set(title=f"{tokens.shape[1]} audio tokens", xlabel="audio token (padding right of |)", ylabel="dim (first 48)")
+show(fig)
+answer = "".join(piece for _, piece in generate(MM, chat="Which digit was spoken?", audio=[str(MM / "heldout" / name)],
+                                                max_new_tokens=4))
+print(f"spoken digit {held[name]['digit']} -> the model answers {answer!r}")
+assert answer == str(held[name]["digit"])
+'''),
+    md(r'''
+How often it is right: the model card's held-out figures (`heldout_eval.json`: 10 fresh clips of every
+digit, asked through minig3n's generator greedily, as `minig3n generate --chat ... --audio X` does), as a
+confusion matrix (rows: the spoken digit, columns: the answer):
+'''),
+    code(r'''
+ev = json.loads((MM / "heldout_eval.json").read_text())["audio"]
+conf = np.asarray(ev["confusion"])                                                  # [10, 11]: digits, then "other"
+fig, ax = plt.subplots(figsize=(4.6, 4))
+ax.imshow(conf, cmap="Blues")
+for r, c in zip(*np.nonzero(conf)):
+    ax.text(c, r, conf[r, c], ha="center", va="center", fontsize=8, color="w" if conf[r, c] > 5 else "k")
+ax.set(xticks=range(11), xticklabels=[*map(str, range(10)), "other"], yticks=range(10), xlabel="answer",
+       ylabel="spoken digit", title=f"{MM.name}: {ev['correct']}/{ev['n']} spoken digits right (seed {json.loads((MM / 'heldout_eval.json').read_text())['seed']})")
 show(fig)
 '''),
     md(r'''
@@ -2534,7 +2565,8 @@ print("pixel values", px.shape, px.dtype, "in [", px.min(), ",", px.max(), "]")
     md(r'''
 ## The photo through MobileNetV5
 
-The preprocessed photo through the vision tower of `@MM_MODEL@`: a few channels of the stem, the mean
+The preprocessed photo through the vision tower of `@MM_MODEL@` (trained on digit images only, so a photo is
+far from anything it has seen; the shapes are what matters here): a few channels of the stem, the mean
 activation magnitude after each stage (resolution halves, channels grow), and the MSFA output: one vector
 per token, drawn as its norm on the token grid, then the soft tokens the language model reads.
 '''),
@@ -2559,6 +2591,61 @@ axes[1][4].imshow(np.linalg.norm(fmap[0], axis=0), cmap="magma"); axes[1][4].set
 axes[1][5].imshow(soft[0, :, :64].T, aspect="auto", cmap="RdBu_r"); axes[1][5].set_title("soft tokens (64 dims)", fontsize=8)
 for ax in axes.flat:
     ax.set_xticks([]); ax.set_yticks([])
+show(fig)
+'''),
+    md(r'''
+## The trained tower reads a digit
+
+`@MM_MODEL@` answers "What digit is this?" about an image of one digit (its model card: Pillow's built-in
+font, random colours either way round, rotation within +-15 degrees, pixel noise, any size). Six of its
+committed held-out images (a seed the training never used), what the processor makes of them (64 x 64,
+x 1/255), the mean activation magnitude after stages 0 and 1 (16 x 16 and 8 x 8: the glyph stands out
+whatever its colours), and the generator's greedy answer, as `minig3n generate --chat "What digit is this?"
+--image X` computes it:
+'''),
+    code(r'''
+import json
+
+from minig3n.generate import generate
+
+held = json.loads((MM / "heldout" / "labels.json").read_text())["files"]
+names = [n for n in sorted(held) if n.startswith("image")][:6]
+fig, axes = plt.subplots(4, 6, figsize=(11.5, 7.6))
+right = 0
+for col, name in enumerate(names):
+    pic = np.asarray(PILImage.open(MM / "heldout" / name).convert("RGB"))              # [H, W, 3] uint8
+    px = image.preprocess_image(pic, mm_cfg)                                           # [3, 64, 64]
+    tr = {}
+    mv.vision_encoder(px[None], mm.ckpt.params(mv.PREFIX), mm.cfg.vision, trace=tr)
+    answer = "".join(p for _, p in generate(MM, chat="What digit is this?", images=[str(MM / "heldout" / name)],
+                                            max_new_tokens=4))
+    right += answer == str(held[name]["digit"])
+    axes[0, col].imshow(pic); axes[0, col].set_title(f"{name}, {pic.shape[1]} x {pic.shape[0]}\nanswer {answer!r}", fontsize=8)
+    axes[1, col].imshow(px.transpose(1, 2, 0)); axes[1, col].set_title("pixel values 64 x 64", fontsize=8)
+    for row, k in ((2, stage_ends[0]), (3, stage_ends[1])):
+        a = tr[k][0]
+        axes[row, col].imshow(np.abs(a).mean(0), cmap="magma")
+        axes[row, col].set_title(f"stage {k.split('.')[-2]} {a.shape[1]}x{a.shape[2]}", fontsize=8)
+for ax in axes.flat:
+    ax.set_xticks([]); ax.set_yticks([])
+show(fig)
+print("digits", [held[n]["digit"] for n in names], f"| right: {right}/{len(names)}")
+'''),
+    md(r'''
+How often it is right: the model card's held-out figures (`heldout_eval.json`: 10 fresh images of every
+digit, asked through minig3n's generator greedily), as a confusion matrix (rows: the drawn digit, columns:
+the answer):
+'''),
+    code(r'''
+ev_all = json.loads((MM / "heldout_eval.json").read_text())
+ev = ev_all["image"]
+conf = np.asarray(ev["confusion"])                                                  # [10, 11]: digits, then "other"
+fig, ax = plt.subplots(figsize=(4.6, 4))
+ax.imshow(conf, cmap="Blues")
+for r, c in zip(*np.nonzero(conf)):
+    ax.text(c, r, conf[r, c], ha="center", va="center", fontsize=8, color="w" if conf[r, c] > 5 else "k")
+ax.set(xticks=range(11), xticklabels=[*map(str, range(10)), "other"], yticks=range(10), xlabel="answer",
+       ylabel="drawn digit", title=f"{MM.name}: {ev['correct']}/{ev['n']} images right (seed {ev_all['seed']})")
 show(fig)
 '''),
     poke(
@@ -2630,14 +2717,16 @@ positions and 32 greedy tokens from `Gemma3nForConditionalGeneration`).
 '''),
     code(SETUP),
     md(r'''
-## A prompt with a photo and a spoken clip, laid out
+## A prompt with an image and a spoken clip, laid out
 
-A chat turn with the photo of chapter 11 (`grace_hopper.jpg`, public domain), the spoken clip of chapter 09
-and a question, through `@MM_MODEL@`'s processor (`MM_MODEL` in `walkthrough/_chapters.py`; its image run
-is `image_seq_length` tokens long, 256 in E2B). One square per token:
+A chat turn with one of `@MM_MODEL@`'s committed held-out digit images (chapter 11), one of its held-out
+spoken digits (chapter 09) and a question, through its processor (`MM_MODEL` in `walkthrough/_chapters.py`;
+its image run is `image_seq_length` = 4 tokens long, 256 in E2B; its audio run `audio_seq_length` = 16, 188
+in E2B). One square per token:
 '''),
     code(r'''
-from matplotlib.cbook import get_sample_data
+import json
+
 from matplotlib.colors import ListedColormap
 from PIL import Image as PILImage
 
@@ -2646,12 +2735,13 @@ from minig3n.processor import Processor
 
 MM = ROOT / "@MM_MODEL@"
 mmodel = multimodal.load_multimodal_model(MM, np.float32)
-with get_sample_data("grace_hopper.jpg") as f:
-    photo = np.asarray(PILImage.open(f).convert("RGB"))
+held = json.loads((MM / "heldout" / "labels.json").read_text())["files"]
+photo = np.asarray(PILImage.open(MM / "heldout" / "image_00.png").convert("RGB"))      # a held-out digit image
+clip_path = str(MM / "heldout" / "audio_00.wav")                                      # a held-out spoken digit
 messages = [{"role": "user", "content": [
     {"type": "image", "image": photo},
-    {"type": "audio", "audio": str(ROOT / "walkthrough" / "assets" / "spoken_digits.wav")},
-    {"type": "text", "text": "Who is in the picture, and which digits do you hear?"}]}]
+    {"type": "audio", "audio": clip_path},
+    {"type": "text", "text": "What digit is this, and which digit was spoken?"}]}]
 inp = Processor.from_dir(MM).apply_chat_template(messages)
 c_ = mmodel.cfg
 kinds = np.zeros(inp.input_ids.shape[1], int)                                   # 0 text
@@ -2678,8 +2768,10 @@ print(repr(inp.text[:60]), "...")
 '''),
     md(r'''
 The merge, position by position: the size of each input embedding (after the merge) and of its PLE
-token part. Every id beyond the PLE table (the soft tokens, `<end_of_image>`, `<end_of_audio>`: the
-media vocabulary) reads the same PLE row 0, while the soft tokens' embeddings come from the towers.
+token part. The PLE token part is looked up from the **ids**, so all soft tokens of one kind share it, while
+their embeddings come from the towers. In E2B the media ids lie beyond the PLE table and all read row 0;
+`@MM_MODEL@` keeps its multimodal special tokens in the text range (its model card), so its image soft tokens
+read their own id's row, and its audio soft tokens another.
 '''),
     code(r'''
 mtr = {}
@@ -2695,10 +2787,50 @@ for k, (nm, c) in enumerate(zip(names, colors)):
 a1.set(ylabel="|merged embedding|"); a1.legend(fontsize=7, ncol=5, markerscale=2)
 a2.set(ylabel="|PLE token part|", xlabel="position")
 show(fig)
-beyond = np.flatnonzero(inp.input_ids[0] >= mmodel.text.cfg.vocab_size_per_layer_input)
-print(f"{len(beyond)} positions with ids beyond the PLE table share one PLE token part:",
-      bool(np.all(tokpart[beyond] == tokpart[beyond[0]])), "| logits", logits_mm.shape)
-assert np.all(tokpart[beyond] == tokpart[beyond[0]])
+for tid, nm in ((c_.image_token_id, "image soft"), (c_.audio_token_id, "audio soft")):
+    at = np.flatnonzero(inp.input_ids[0] == tid)
+    same = bool(np.all(tokpart[at] == tokpart[at[0]]))
+    differ = not np.allclose(emb[0, at[0]], emb[0, at[1]])
+    print(f"{len(at)} {nm} tokens (id {tid}): one PLE token part {same}, embeddings differ {differ}")
+    assert same and differ
+n_beyond = int((inp.input_ids[0] >= mmodel.text.cfg.vocab_size_per_layer_input).sum())
+print(f"ids beyond the PLE table ({mmodel.text.cfg.vocab_size_per_layer_input}) in this prompt: {n_beyond} | logits",
+      logits_mm.shape)
+'''),
+    md(r'''
+## The trained model answers
+
+`@MM_MODEL@` was trained on one medium per question ("What digit is this?" after an image, "Which digit was
+spoken?" after a clip; model card). The image and the clip above, each asked its own question, through
+`minig3n.generate.generate` (greedy; the same path as `minig3n generate --chat Q --image X` / `--audio X`),
+and the probabilities of the ten digits at the answer position, from the merged embeddings:
+'''),
+    code(r'''
+from minig3n.generate import generate
+
+img_path = str(MM / "heldout" / "image_00.png")
+proc = Processor.from_dir(MM)
+digit_ids = [proc.tokenizer.encode(str(d), add_bos=False) for d in range(10)]
+assert all(len(t) == 1 for t in digit_ids)                                   # each digit is one token
+digit_ids = [t[0] for t in digit_ids]
+fig, axes = plt.subplots(1, 2, figsize=(10, 2.6), sharey=True)
+for ax, (kind, path, question) in zip(axes, (("image", img_path, "What digit is this?"),
+                                             ("audio", clip_path, "Which digit was spoken?"))):
+    answer = "".join(p for _, p in generate(MM, chat=question, max_new_tokens=4,
+                                            **{"images" if kind == "image" else "audio": [path]}))
+    one = proc.apply_chat_template([{"role": "user", "content": [
+        {"type": kind, kind: photo if kind == "image" else path}, {"type": "text", "text": question}]}])
+    lg, _ = multimodal.forward(mmodel, one.input_ids, pixel_values=one.pixel_values, input_features=one.input_features,
+                               input_features_mask=one.input_features_mask)
+    z = lg[0, -1].astype(np.float64)
+    prob = np.exp(z - z.max()); prob /= prob.sum()
+    truth = held[Path(path).name]["digit"]
+    ax.bar(range(10), prob[digit_ids], color=["C3" if d == truth else "0.6" for d in range(10)])
+    ax.set(xticks=range(10), xlabel="digit", title=f"{kind}: {question!r} -> {answer!r} (truth {truth})")
+    print(f"{kind} {Path(path).name}: truth {truth}, answer {answer!r}, p(answer) = {prob[digit_ids].max():.3f}")
+    assert answer == str(truth)
+axes[0].set_ylabel("probability")
+show(fig)
 '''),
     md(r'''
 ## Against the reference

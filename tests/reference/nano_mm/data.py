@@ -48,6 +48,13 @@ def _colours(rng) -> tuple[tuple, tuple]:
 
 def draw_digit(rng, digit: int | None = None):
     """-> (PIL RGB image, digit)."""
+    image, digit, _ = draw_digit_with_mask(rng, digit)
+    return image, digit
+
+
+def draw_digit_with_mask(rng, digit: int | None = None):
+    """-> (PIL RGB image, digit, PIL "L" ink mask of the same size: 255 where the glyph is). The same draws from
+    ``rng`` as ``draw_digit`` (same image); the mask is for training-only auxiliary targets."""
     from PIL import Image, ImageDraw, ImageFont
 
     digit = int(rng.integers(0, 10)) if digit is None else int(digit)
@@ -67,8 +74,10 @@ def draw_digit(rng, digit: int | None = None):
     x, y = int(rng.integers(0, W - mw + 1)), int(rng.integers(0, H - mh + 1))
     img = Image.new("RGB", (W, H), bg)
     img.paste(Image.new("RGB", (mw, mh), fg), (x, y), mask)
+    ink = Image.new("L", (W, H), 0)
+    ink.paste(mask, (x, y))
     a = np.asarray(img, dtype=np.float64) + rng.normal(0.0, 8.0, (H, W, 3))  # sigma 8/255 of full scale
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)), digit
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)), digit, ink
 
 
 def _ink(text: str, size: int, angle: float, ImageFont, Image, ImageDraw):

@@ -2,6 +2,8 @@
 
     python -m tests.reference.nano_mm.evaluate --model weights/nano-gemma3n-mm --per-digit 10 --seed 2000
     python -m tests.reference.nano_mm.evaluate --model weights/nano-gemma3n-mm --write-heldout 3 --seed 1000
+    python -m tests.reference.nano_mm.evaluate --model weights/nano-gemma3n-mm --committed \
+        --json weights/nano-gemma3n-mm/heldout_committed_eval.json
 
 Fresh samples are drawn with ``data.draw_digit`` / ``data.speak_digit`` from ``--seed`` (the training run
 draws from other seeds, ``data.SEEDS``), ``--per-digit`` of each digit per modality. Each one is asked through
@@ -9,7 +11,8 @@ draws from other seeds, ``data.SEEDS``), ``--per-digit`` of each digit per modal
 (``"Which digit was spoken?"`` with ``--audio``); an answer is right when the generated text is exactly the
 digit (the generator stops at ``<end_of_turn>``). ``--write-heldout K`` instead writes K samples of each digit
 and modality as files (PNG; 16 kHz 16-bit WAV) plus ``labels.json`` into ``MODEL/heldout/`` for the NumPy-tier
-test. ``--engine reference`` asks the transformers model instead (greedy ``generate`` through the reference
+test; ``--committed`` scores those committed files (``labels.json``) instead of fresh draws (what
+``heldout_committed_eval.json`` records and tests/test_nano_mm.py recomputes). ``--engine reference`` asks the transformers model instead (greedy ``generate`` through the reference
 processor, PIL image backend).
 """
 from __future__ import annotations
@@ -124,6 +127,14 @@ def confusion_markdown(conf) -> str:
                           for d, row in enumerate(conf))
 
 
+def committed(model_dir: Path, kind: str) -> list[dict]:
+    """The committed held-out files of ``kind`` (``MODEL/heldout/labels.json``), sorted by name, as ``draw``'s
+    items (the media is the file's path)."""
+    files = json.loads((Path(model_dir) / "heldout" / "labels.json").read_text())["files"]
+    return [dict(media=str(Path(model_dir) / "heldout" / name), digit=v["digit"], desc=v["desc"])
+            for name, v in sorted(files.items()) if name.startswith(kind)]
+
+
 def write_heldout(out: Path, per_digit: int, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     labels = {}
@@ -146,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=data.SEEDS["card_heldout"])
     p.add_argument("--engine", choices=("minig3n", "reference"), default="minig3n")
     p.add_argument("--write-heldout", type=int, default=0, metavar="K")
+    p.add_argument("--committed", action="store_true", help="score MODEL/heldout/ (labels.json), not fresh draws")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
     if a.write_heldout:
@@ -157,12 +169,17 @@ def main(argv=None) -> int:
     results = {}
     for kind in ("image", "audio"):
         t = time.time()
-        results[kind] = score(ask, kind, draw(kind, a.per_digit, a.seed))
+        results[kind] = score(ask, kind, committed(a.model, kind) if a.committed else draw(kind, a.per_digit, a.seed))
         results[kind]["seconds"] = round(time.time() - t, 1)
         r = results[kind]
-        print(f"{kind}: {r['correct']}/{r['n']} = {r['accuracy']:.3f} ({a.engine}, seed {a.seed})")
+        print(f"{kind}: {r['correct']}/{r['n']} = {r['accuracy']:.3f} ({a.engine}, "
+              f"{'committed files' if a.committed else f'seed {a.seed}'})")
         print(confusion_markdown(r["confusion"]))
-    results.update(engine=a.engine, seed=a.seed, per_digit=a.per_digit)
+    if a.committed:
+        for r in results.values():
+            r.pop("seconds")
+    else:
+        results.update(engine=a.engine, seed=a.seed, per_digit=a.per_digit)
     if a.json:
         a.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

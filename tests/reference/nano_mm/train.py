@@ -17,9 +17,12 @@ tokenizer, chat template), ``train_log.tsv`` (one row per step; held-out accurac
 steps) and ``train_summary.json``.
 
 ``--determinism-check N`` trains N steps twice from the seed and compares the loss sequences.
-``--init-from DIR`` warm-starts from a checkpoint this script wrote (the published checkpoint is two stages: the
-defaults, then ``--init-from <stage 1> --steps 450 --warmup 10 --lr 0.002 --vision-steps 0``: more steps for the
-spoken digits, which were still improving when the first schedule ended).
+``--init-from DIR`` warm-starts from a checkpoint this script wrote. The published checkpoint is three stages
+(model card): the defaults; then ``--init-from <stage 1> --steps 450 --warmup 10 --lr 0.002 --vision-steps 0``
+(more steps for the spoken digits); then ``--init-from <stage 2> --fresh-vision --vision-steps 2400 --vision-lr
+0.001 --seg-weight 1 --steps 360 --lr 0.0015 --warmup 20``: a fresh vision tower, pre-trained with the auxiliary
+segmentation heads (``SegHeads``; the tower of stages 1-2 had collapsed to one output for every image), then
+chat steps for both modalities.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from . import data, model as M
 
 DEFAULTS = dict(steps=240, batch=12, text_batch=2, text_weight=0.5, lr=3e-3, min_lr=1e-4, warmup=30,
                 decoder_lr_scale=0.2, tower_lr_scale=0.15, aux_weight=1.0, vision_steps=400, vision_batch=32,
-                weight_decay=0.01, clip=1.0, seed=4321, audio_pool=800)
+                weight_decay=0.01, clip=1.0, seed=4321, audio_pool=800, seg_weight=0.0, vision_lr=0.0)
 IMAGE_QUESTION, AUDIO_QUESTION = "What digit is this?", "Which digit was spoken?"
 TEXT_CONTEXT = 128
 
@@ -126,11 +129,22 @@ class Batcher:
         labels[:, -2:] = ids[:, -2:]
         return ids, labels
 
-    def images(self, n: int):
+    def draw_images(self, n: int):
+        """n fresh digit images -> (pixel_values [n, 3, 64, 64], digits [n], ink masks [n, 64, 64] in [0, 1]);
+        the masks (resized like the pixels) are only the auxiliary segmentation targets (``SegHeads``)."""
         import torch
-        drawn = [data.draw_digit(self.rng) for _ in range(n)]
-        ids, labels = self.qa_ids("image", [d for _, d in drawn])
-        return dict(input_ids=ids, pixel_values=torch.from_numpy(pixel_values([im for im, _ in drawn]))), labels
+        from PIL import Image
+        drawn = [data.draw_digit_with_mask(self.rng) for _ in range(n)]
+        masks = np.stack([np.asarray(m.resize((M.IMAGE_SIZE, M.IMAGE_SIZE), Image.BILINEAR), dtype=np.float32)
+                          for _, _, m in drawn]) / 255.0
+        self.last_masks = torch.from_numpy(masks)
+        return (torch.from_numpy(pixel_values([im for im, _, _ in drawn])), torch.tensor([d for _, d, _ in drawn]),
+                self.last_masks)
+
+    def images(self, n: int):
+        px, digits, _ = self.draw_images(n)
+        ids, labels = self.qa_ids("image", [int(d) for d in digits])
+        return dict(input_ids=ids, pixel_values=px), labels
 
     def audio(self, n: int, clips=None):
         if clips is None:
@@ -208,6 +222,47 @@ class AuxHeads:
         return torch.nn.functional.cross_entropy(z, digits)
 
 
+class SegHeads:
+    """Training-only auxiliary segmentation heads (not saved): a 1 x 1 conv on each of the vision tower's four
+    stage outputs (after a parameter-free per-pixel RMS normalisation, as the stage outputs start at the layer
+    scale's 1e-5) classifies every cell of the stage's grid (16 x 16, 8 x 8, 4 x 4, 2 x 2) as background or
+    "ink of digit d" (11 classes; a cell is ink when >= 15 % of it is covered by the glyph, from the drawn ink
+    mask). Without them the tower (trained only through a digit classifier on the 4 soft tokens) collapsed to
+    one output for every image within a few steps; with this dense, colour-free target every stage has to keep
+    where the glyph is, and the digit classifier starts to learn after ~150 steps (model card, "What it took").
+    The hooks read the stage outputs of the ordinary forward."""
+
+    def __init__(self, model):
+        import torch
+        blocks = model.model.vision_tower.timm_model.blocks
+        chs = [_out_channels(stage[-1]) for stage in blocks]
+        self.heads = torch.nn.ModuleList([torch.nn.Conv2d(c, 11, 1) for c in chs])
+        self.out = {}
+        for i, stage in enumerate(blocks):
+            stage.register_forward_hook(lambda m, inp, o, i=i: self.out.__setitem__(i, o))
+
+    def parameters(self):
+        return list(self.heads.parameters())
+
+    def loss(self, masks, digits):
+        """masks [B, 64, 64] in [0, 1], digits [B] -> the mean over stages of the per-cell cross-entropy."""
+        import torch
+        total = 0.0
+        for i, head in enumerate(self.heads):
+            o = self.out.pop(i)                                              # [B, C, h, w]
+            logits = head(o * torch.rsqrt(o.pow(2).mean(1, keepdim=True) + 1e-12))   # [B, 11, h, w]
+            cover = torch.nn.functional.adaptive_avg_pool2d(masks[:, None], logits.shape[-2:])[:, 0]
+            target = torch.where(cover > 0.15, digits[:, None, None] + 1, torch.zeros_like(digits)[:, None, None])
+            total = total + torch.nn.functional.cross_entropy(logits, target)
+        return total / len(self.heads)
+
+
+def _out_channels(block) -> int:
+    """Output channels of a timm block: those of its last conv."""
+    import torch
+    return [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+
+
 def lr_at(step: int, a) -> float:
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
@@ -233,7 +288,7 @@ def make_optimizer(model, a, extra=()):
     return torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def pretrain_vision(model, aux, batcher, a, log=None, progress=True):
+def pretrain_vision(model, aux, batcher, a, log=None, progress=True, seg=None):
     """Stage 1: the vision tower and ``embed_vision`` alone, as a digit classifier (the auxiliary image head on
     the 4 soft tokens), ``a.vision_steps`` steps of ``a.vision_batch`` images. Trained only through the
     decoder, the tower needs far more images than the chat run sees (the audio tower learns in the chat run)."""
@@ -242,25 +297,41 @@ def pretrain_vision(model, aux, batcher, a, log=None, progress=True):
 
     tower = list(model.model.vision_tower.parameters())
     rest = list(model.model.embed_vision.parameters()) + list(aux.image.parameters())
-    opt = torch.optim.AdamW([{"params": tower, "scale": a.tower_lr_scale}, {"params": rest, "scale": 1.0}],
-                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    losses, t0 = [], time.time()
+    if seg is not None:
+        rest += seg.parameters()
+    # --vision-lr: one learning rate for the tower and the heads, warmup then cosine to 0.1 x (0: the first
+    # run's a.lr x tower_lr_scale for the tower, constant after the warmup)
+    tower_scale = 1.0 if a.vision_lr else a.tower_lr_scale
+    base = a.vision_lr or a.lr
+    opt = torch.optim.AdamW([{"params": tower, "scale": tower_scale}, {"params": rest, "scale": 1.0}],
+                            lr=base, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    losses, accs, t0 = [], [], time.time()
     bar = tqdm(range(a.vision_steps), disable=not progress, file=sys.stderr, mininterval=5.0, desc="vision")
     for step in bar:
+        if a.vision_lr:
+            lr = base * min(1.0, (step + 1) / a.warmup) * (0.55 + 0.45 * math.cos(math.pi * step / a.vision_steps))
+        else:
+            lr = base * min(1.0, (step + 1) / a.warmup)
         for g in opt.param_groups:
-            g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup) * g["scale"]
-        drawn = [data.draw_digit(batcher.rng) for _ in range(a.vision_batch)]
-        px = torch.from_numpy(pixel_values([im for im, _ in drawn]))
+            g["lr"] = lr * g["scale"]
+        px, digits, masks = batcher.draw_images(a.vision_batch)
         soft = model.model.get_image_features(px, return_dict=True).pooler_output       # [B, 4, D]
-        loss = torch.nn.functional.cross_entropy(aux.image(soft.flatten(1)), torch.tensor([d for _, d in drawn]))
+        loss = torch.nn.functional.cross_entropy(aux.image(soft.flatten(1)), digits)
+        if seg is not None:
+            loss = loss + a.seg_weight * seg.loss(masks, digits)
+        # the digit head's accuracy on this batch before the update: fresh images, so an unbiased estimate
+        accs.append(float((aux.image(soft.detach().flatten(1)).argmax(-1) == digits).float().mean()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tower + rest, a.clip)
         opt.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accs[-20:]):.3f}", refresh=False)
+        if (step + 1) % 100 == 0:
+            tqdm.write(f"vision step {step + 1}: loss {np.mean(losses[-100:]):.4f}, digit accuracy on the last 100 "
+                       f"batches {np.mean(accs[-100:]):.3f}, {time.time() - t0:.0f} s", file=sys.stderr)
         if log is not None:
-            log.write(f"{step + 1}\t{losses[-1]:.6g}\t{time.time() - t0:.1f}\n")
+            log.write(f"{step + 1}\t{losses[-1]:.6g}\t{accs[-1]:.4g}\t{time.time() - t0:.1f}\n")
             log.flush()
     model.model.embed_vision.zero_grad(set_to_none=True)
     return losses
@@ -271,12 +342,14 @@ def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=No
     from tqdm import tqdm
 
     aux = AuxHeads(model, a.seed + 3)
+    seg = SegHeads(model) if a.seg_weight else None
     if a.vision_steps:
-        pretrain_vision(model, aux, batcher, a, vision_log, progress)
-    opt = make_optimizer(model, a, aux.parameters())
+        pretrain_vision(model, aux, batcher, a, vision_log, progress, seg)
+    extra = aux.parameters() + (seg.parameters() if seg is not None else [])
+    opt = make_optimizer(model, a, extra)
     param_sets = [[p for n, p in model.named_parameters() if n.startswith("model.language_model.")],
                   [p for n, p in model.named_parameters() if not n.startswith("model.language_model.")]
-                  + aux.parameters()]
+                  + extra]
     model.train()
     losses, t0, t_eval = [], time.time(), 0.0
     bar = tqdm(range(getattr(a, "stop_after", 0) or a.steps), disable=not progress, file=sys.stderr, mininterval=5.0)
@@ -286,6 +359,8 @@ def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=No
         ib, ab = batcher.images(a.batch), batcher.audio(a.batch)
         li = lm_loss(model, *ib)
         xi = aux.loss("image", batcher.last_digits["image"])
+        if seg is not None:
+            xi = xi + a.seg_weight * seg.loss(batcher.last_masks, batcher.last_digits["image"])
         la = lm_loss(model, *ab)
         xa = aux.loss("audio", batcher.last_digits["audio"])
         lt = lm_loss(model, *batcher.text_windows(a.text_batch), shifted=True)
@@ -303,7 +378,7 @@ def train(model, batcher, a, log=None, eval_sets=None, progress=True, save_to=No
         losses.append((float(li.detach()), float(la.detach()), float(lt.detach()), float(xi.detach()),
                        float(xa.detach())))
         elapsed = time.time() - t0 - t_eval
-        bar.set_postfix(img=f"{losses[-1][0]:.3f}", aud=f"{losses[-1][1]:.3f}", txt=f"{losses[-1][2]:.3f}")
+        bar.set_postfix(img=f"{losses[-1][0]:.3f}", aud=f"{losses[-1][1]:.3f}", txt=f"{losses[-1][2]:.3f}", refresh=False)
         if log is not None:
             row = dict(step=step + 1, image_loss=losses[-1][0], audio_loss=losses[-1][1], text_loss=losses[-1][2],
                        aux_image_loss=losses[-1][3], aux_audio_loss=losses[-1][4], lr=lr_at(step, a), grad_norm=gnorm, s_per_step=elapsed / (step + 1), elapsed_s=elapsed,
@@ -356,6 +431,9 @@ def main(argv=None) -> int:
     p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                    help="warm start: load DIR/model.safetensors (a checkpoint this script wrote) over the fresh model "
                         "before training (the second stage of the published run: more audio steps)")
+    p.add_argument("--fresh-vision", action="store_true",
+                   help="with --init-from: keep the fresh (seeded, timm-initialised) vision tower and embed_vision "
+                        "instead of DIR's (the third stage of the published run: DIR's tower had collapsed)")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N steps of the --steps schedule (0: run it all); the checkpoint saved at step N "
                         "by --save-every is this run's")
@@ -394,10 +472,15 @@ def main(argv=None) -> int:
     model = M.build(a.seed)
     if a.init_from is not None:
         from safetensors.torch import load_file
-        missing, unexpected = model.load_state_dict(load_file(str(a.init_from / "model.safetensors")), strict=False)
+        state = load_file(str(a.init_from / "model.safetensors"))
+        if a.fresh_vision:
+            fresh = {k: v.clone() for k, v in model.state_dict().items()
+                     if k.startswith(("model.vision_tower.", "model.embed_vision."))}
+            state.update(fresh)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
         model.tie_weights()
-        print(f"warm start from {a.init_from}", file=sys.stderr)
+        print(f"warm start from {a.init_from}" + (" (fresh vision tower)" if a.fresh_vision else ""), file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters", file=sys.stderr)
     batcher = Batcher(processor, sp, pool, text_ids, a.seed + 1)
@@ -408,7 +491,7 @@ def main(argv=None) -> int:
                   "audio_acc\n")
         t_train = time.time()
         with open(a.out / "train_log_vision.tsv", "w") as vlog:
-            vlog.write("step\tdigit_loss\telapsed_s\n")
+            vlog.write("step\tdigit_loss\tbatch_digit_acc\telapsed_s\n")
             losses = train(model, batcher, a, log=log, eval_sets=eval_sets, save_to=lambda m: save(m, processor, a.out),
                            vision_log=vlog)
         train_wall = time.time() - t_train
@@ -418,7 +501,7 @@ def main(argv=None) -> int:
     summary = dict(
         command="python -m tests.reference.nano_mm.train " + " ".join(argv or sys.argv[1:]),
         hyperparameters={k: getattr(a, k) for k in DEFAULTS}, threads=a.threads,
-        init_from=str(a.init_from) if a.init_from else None, parameters=n_params,
+        init_from=str(a.init_from) if a.init_from else None, fresh_vision=a.fresh_vision, parameters=n_params,
         setup_wall_s=round(t_pool, 1), train_wall_s=round(train_wall, 1), total_wall_s=round(time.time() - t_start, 1),
         final_losses_last50=dict(image=float(last[0]), audio=float(last[1]), text=float(last[2])),
         torch=torch.__version__, transformers=__import__("transformers").__version__)
