@@ -194,3 +194,107 @@ def _rms_norm2d_loops(x, w, y, count, eps, one):
             row, out, wc = x[b, c], y[b, c], w[c]
             for n in range(N):
                 out[n] = row[n] * ms[n] * wc
+
+
+# ----------------------------------------------------------------------------------------------------
+# RmsNorm2d + GELU (twin of conv2d.rms_norm2d_gelu) and RmsNorm2d * gamma + residual (conv2d.rms_norm2d_add)
+# ----------------------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 17         # elements of one chunk's tanh scratch (512 KiB in float32): stays in L2
+
+
+def rms_norm2d_gelu(x, weight, eps):
+    """``gelu_tanh(rms_norm2d(x))``, as ``conv2d.rms_norm2d_gelu``.   [B, C, Y, X] -> [B, C, Y, X]
+
+    In chunks of pixels: a compiled pass normalises the chunk and writes the GELU's tanh argument to a
+    scratch that fits in cache, NumPy's (SIMD) ``tanh`` runs on the scratch in place, a second compiled pass
+    finishes ``0.5 x (1 + tanh)``. The same operations in the same order as NumPy's ``rms_norm2d`` then
+    ``ops.gelu_tanh``, on the same ``tanh``: the result is identical."""
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    N, t = Y * X, x.dtype.type
+    w = np.ascontiguousarray(np.asarray(weight).astype(x.dtype, copy=False))   # [C]
+    y = np.empty_like(x)                                                        # [B, C, Y, X]
+    xf, yf = x.reshape(B, C, N), y.reshape(B, C, N)
+    step = max(16, _CHUNK // max(C, 1) // 16 * 16)                              # pixels per chunk
+    scratch = np.empty(C * min(step, N), dtype=x.dtype)
+    pre, post = _kernel("norm_gelu_pre"), _kernel("gelu_post")
+    for b in range(B):
+        for n0 in range(0, N, step):
+            n1 = min(N, n0 + step)
+            u = scratch[:C * (n1 - n0)].reshape(C, n1 - n0)                     # [C, chunk]
+            pre(xf[b], w, yf[b], u, n0, n1, t(C), t(eps), t(1.0), t(0.044715), t(np.sqrt(2.0 / np.pi)))
+            np.tanh(u, out=u)
+            post(yf[b], u, n0, n1, t(1.0), t(0.5))
+    return y
+
+
+def _norm_gelu_pre_loops(x, w, y, u, n0, n1, count, eps, one, cubic, sqrt_2_pi):
+    """Pixels n0..n1-1 of one image: ``y = x * inv_rms * w`` (as ``_rms_norm2d_loops``) and the tanh
+    argument ``u = ((y*y*y) * cubic + y) * sqrt_2_pi`` in ``ops.gelu_tanh``'s order."""
+    C = x.shape[0]
+    m = n1 - n0
+    ms = np.zeros(m, dtype=x.dtype)                                             # [chunk]
+    for c in range(C):
+        row = x[c, n0:n1]
+        for n in range(m):
+            ms[n] += row[n] * row[n]
+    for n in range(m):
+        ms[n] = one / np.sqrt(ms[n] / count + eps)
+    for c in range(C):
+        row, out, uc, wc = x[c, n0:n1], y[c, n0:n1], u[c], w[c]
+        for n in range(m):
+            v = row[n] * ms[n] * wc
+            out[n] = v
+            uc[n] = (v * v * v * cubic + v) * sqrt_2_pi
+
+
+def _gelu_post_loops(y, u, n0, n1, one, half):
+    """``y = (tanh + 1) * y * 0.5`` on pixels n0..n1-1 (``u`` holds the tanh)."""
+    C = y.shape[0]
+    for c in range(C):
+        out, uc = y[c, n0:n1], u[c]
+        for n in range(n1 - n0):
+            out[n] = (uc[n] + one) * out[n] * half
+
+
+def rms_norm2d_add(x, weight, residual, gamma, eps):
+    """``rms_norm2d(x) * gamma + residual`` (either may be None), as ``conv2d.rms_norm2d_add``.
+    [B, C, Y, X] -> [B, C, Y, X]. One read of the residual, one write, no temporaries; identical result."""
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    t = x.dtype.type
+    w = np.ascontiguousarray(np.asarray(weight).astype(x.dtype, copy=False))   # [C]
+    g = np.ascontiguousarray(np.asarray(gamma).astype(x.dtype, copy=False)) if gamma is not None \
+        else np.ones(C, x.dtype)                                                # [C] (x 1 is exact)
+    has_res = residual is not None
+    r = np.ascontiguousarray(np.asarray(residual).astype(x.dtype, copy=False)).reshape(B, C, Y * X) if has_res \
+        else x.reshape(B, C, Y * X)
+    y = np.empty_like(x)                                                        # [B, C, Y, X]
+    _kernel("rms_norm2d_add")(x.reshape(B, C, Y * X), w, g, r, has_res, y.reshape(B, C, Y * X), t(C), t(eps),
+                              t(1.0))
+    return y
+
+
+def _rms_norm2d_add_loops(x, w, g, r, has_res, y, count, eps, one):
+    """``y[c] = x[c] * inv * w[c] * g[c] (+ r[c])``: ``_rms_norm2d_loops``, then NumPy's ``h * gamma``
+    and ``h + x`` in that order."""
+    B, C, N = x.shape
+    ms = np.empty(N, dtype=x.dtype)                                             # [Y*X]
+    for b in range(B):
+        ms[:] = 0
+        for c in range(C):
+            row = x[b, c]
+            for n in range(N):
+                ms[n] += row[n] * row[n]
+        for n in range(N):
+            ms[n] = one / np.sqrt(ms[n] / count + eps)
+        for c in range(C):
+            row, out, wc, gc = x[b, c], y[b, c], w[c], g[c]
+            if has_res:
+                res = r[b, c]
+                for n in range(N):
+                    out[n] = row[n] * ms[n] * wc * gc + res[n]
+            else:
+                for n in range(N):
+                    out[n] = row[n] * ms[n] * wc * gc
