@@ -114,21 +114,30 @@ def mobile_mqa(x, p, b: BlockSpec):
         t = pointwise_conv(t, p[f"attn.{name}.proj.weight"])                    # [B, d, Ym, Xm]
         kv.append(t.reshape(B, 1, d, -1))                                       # [B, 1, d, M]
     k, v = kv
-    # One key/value head serves every query head. The matmuls read q and write o in the channels-first
-    # layout through transposed views (BLAS takes them as they are): no transposed copies.
-    logits = np.matmul(q.transpose(0, 1, 3, 2), k)                              # [B, h, Y*X, M]
-    logits *= x.dtype.type(d ** -0.5)
-    # softmax over the keys, in place (the same operations as ops.softmax, without its temporaries)
-    logits -= np.max(logits, axis=-1, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= np.sum(logits, axis=-1, keepdims=True)                            # [B, h, Y*X, M] probs
-    o = np.matmul(v, logits.transpose(0, 1, 3, 2))                              # [B, h, d, Y*X] = o^T per head
+    # One key/value head serves every query head. Queries go in blocks of QUERY_BLOCK per head, so that a
+    # block's logits [QUERY_BLOCK, M] stay in cache through the softmax (the same numbers as one big
+    # softmax: each row only sees its own keys). The matmuls read q and write o channels-first through
+    # transposed views (BLAS takes them as they are): no transposed copies.
+    q = q * x.dtype.type(d ** -0.5)                                             # [B, h, d, Y*X] scaled
+    o = np.empty_like(q)                                                        # [B, h, d, Y*X] = o^T per head
+    for bi in range(B):
+        for hi in range(h):
+            for n0 in range(0, Y * X, QUERY_BLOCK):
+                n1 = min(Y * X, n0 + QUERY_BLOCK)
+                logits = q[bi, hi, :, n0:n1].T @ k[bi, 0]                       # [n, M]
+                # softmax over the keys, in place (ops.softmax's operations, without its temporaries)
+                logits -= np.max(logits, axis=-1, keepdims=True)
+                np.exp(logits, out=logits)
+                logits /= np.sum(logits, axis=-1, keepdims=True)                # [n, M] probs
+                np.matmul(v[bi, 0], logits.T, out=o[bi, hi, :, n0:n1])          # [d, n]
     o = pointwise_conv(o.reshape(B, h * d, Y, X), p["attn.output.proj.weight"])  # [B, Co, Y, X]
     o *= p["layer_scale.gamma"].astype(o.dtype, copy=False)[:, None, None]     # [B, Co, Y, X]
     if b.has_skip:
         o += x
     return o
 
+
+QUERY_BLOCK = 256         # mobile_mqa: queries per softmax block (logits of 256 x 576 keys: 590 KB)
 
 BLOCKS = {"er": edge_residual, "uir": universal_inverted_residual, "mqa": mobile_mqa}
 
