@@ -5,9 +5,10 @@ Convolutions are written out in NumPy: a dense kxk conv gathers its k*k shifted 
 sum of k*k shifted views times per-channel taps, never a dense conv with a block-diagonal weight; a 1x1
 conv is a matmul over channels. Arrays are NCHW ([B, C, Y, X]) like the reference's.
 
-Every conv pads TF-"SAME" style (``padding.same_padding``). The depthwise conv and RmsNorm2d have
-compiled twins in ``accel`` (optional numba extra), used when numba is importable; these NumPy versions are
-the definition and the twins are tested against them.
+Every conv pads TF-"SAME" style (``padding.same_padding``). The depthwise conv, RmsNorm2d, RmsNorm2d + GELU
+(``rms_norm2d_gelu``) and RmsNorm2d * layer scale + skip (``rms_norm2d_add``) have compiled twins in ``accel``
+(optional numba extra), used when numba is importable; these NumPy versions are the definition and the twins
+are tested against them.
 
 Source: timm 1.0.31 ``timm/layers`` (``create_conv2d``, ``RmsNorm2d``, ``ConvNormAct``) and torch's
 ``F.interpolate`` (nearest, bilinear without antialiasing).

@@ -95,6 +95,9 @@ def universal_inverted_residual(x, p, b: BlockSpec):
                           p["layer_scale.gamma"])                                     # norm * gamma (+ x)
 
 
+QUERY_BLOCK = 256         # mobile_mqa: queries per softmax block (logits of 256 x 576 keys: 590 KB)
+
+
 def mobile_mqa(x, p, b: BlockSpec):
     """Mobile multi-query attention: xn = RmsNorm2d(x) (no act); h query heads of width d from a 1x1 conv;
     ONE key head and ONE value head (width d), each from its own path: [depthwise k3 stride v -> norm] ->
@@ -136,8 +139,6 @@ def mobile_mqa(x, p, b: BlockSpec):
         o += x
     return o
 
-
-QUERY_BLOCK = 256         # mobile_mqa: queries per softmax block (logits of 256 x 576 keys: 590 KB)
 
 BLOCKS = {"er": edge_residual, "uir": universal_inverted_residual, "mqa": mobile_mqa}
 
