@@ -22,21 +22,30 @@ the first call that wants it, never at ``import minig3n`` (about 0.2 s). Kernels
 ``minig3n/__pycache__``; later processes load them from there (about 0.2 s).
 
 Twins, and what they bought on the 300M vision encoder (768 x 768 image, float32, one thread, cProfile;
-the encoder took 10.0 s in NumPy, 8.4 s with both twins; figures against the reference in
-tests/bench/README.md):
+the encoder took 10.0 s in NumPy, 8.4 s with the first two twins on the November machine; figures against the
+reference in tests/bench/README.md):
 
 * ``depthwise_conv2d`` (``conv2d.depthwise_conv2d``): TF-"SAME" depthwise conv, NCHW, 45 calls,
   1.49 s -> 0.19 s. NumPy makes k*k passes over the output plus a padded copy; the twin reads each input
   row from cache, skips the padding instead of copying it, and splits strided inputs into column phases
   so every inner loop is contiguous (vectorised).
-* ``rms_norm2d`` (``conv2d.rms_norm2d``): RMSNorm over the channels of each pixel, 184 calls,
-  0.82 s -> 0.46 s: two reads and one write of the map instead of about seven whole-array passes.
+* ``rms_norm2d`` (``conv2d.rms_norm2d``): RMSNorm over the channels of each pixel, 0.82 s -> 0.46 s for
+  184 calls: two reads and one write of the map instead of about seven whole-array passes.
+* ``rms_norm2d_gelu`` (``conv2d.rms_norm2d_gelu``, issue 12): the norm and tanh-GELU of every ConvNormAct
+  with an activation, in chunks of pixels whose tanh argument fits in L2; the ``tanh`` itself stays NumPy's
+  (SIMD) ufunc, called on the chunk in place. On a [1, 512, 192, 192] map: 37 ms against 99 ms for NumPy's
+  norm then GELU (AMD EPYC, one thread).
+* ``rms_norm2d_add`` (``conv2d.rms_norm2d_add``, issue 12): a block's last norm, its layer scale and its
+  skip connection in one pass (no ``h * gamma`` and ``h + x`` temporaries).
 
-Left out, because numba does not pay there: the audio encoder (90 % of its time is BLAS matmuls; the
-local-attention gather, softmax and width-5 light conv together are about 2 %); the element-wise GELU and
-the attention softmax (NumPy's SIMD ``tanh``/``exp`` are 4-5x faster than the scalar libm calls numba makes
-without SVML); the im2col copy before the dense convs (a memory copy already); and parallel loops
-(``parallel=False``: the machine's cores are shared, and the BLAS calls around these kernels have threads).
+Every twin computes the NumPy version's operations in the same order, so the results are identical in the
+tests (``tests/test_accel.py`` allows 1e-6 / 1e-12 relative, for a compiler that would fuse a multiply-add).
+
+Left out, because numba does not pay there: the audio encoder (about 87 % of its time on 30 s of audio is
+BLAS matmuls; SiLU, the group norm and the light conv are in-place NumPy instead); a compiled ``tanh``/``exp``
+(NumPy's SIMD ``tanh``/``exp`` are 4-5x faster than the scalar libm calls numba makes without SVML); the
+im2col copy before the dense convs (a memory copy already); and parallel loops (``parallel=False``: the
+machine's cores are shared, and the BLAS calls around these kernels have threads).
 """
 from __future__ import annotations
 
@@ -194,3 +203,107 @@ def _rms_norm2d_loops(x, w, y, count, eps, one):
             row, out, wc = x[b, c], y[b, c], w[c]
             for n in range(N):
                 out[n] = row[n] * ms[n] * wc
+
+
+# ----------------------------------------------------------------------------------------------------
+# RmsNorm2d + GELU (twin of conv2d.rms_norm2d_gelu) and RmsNorm2d * gamma + residual (conv2d.rms_norm2d_add)
+# ----------------------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 17         # elements of one chunk's tanh scratch (512 KiB in float32): stays in L2
+
+
+def rms_norm2d_gelu(x, weight, eps):
+    """``gelu_tanh(rms_norm2d(x))``, as ``conv2d.rms_norm2d_gelu``.   [B, C, Y, X] -> [B, C, Y, X]
+
+    In chunks of pixels: a compiled pass normalises the chunk and writes the GELU's tanh argument to a
+    scratch that fits in cache, NumPy's (SIMD) ``tanh`` runs on the scratch in place, a second compiled pass
+    finishes ``0.5 x (1 + tanh)``. The same operations in the same order as NumPy's ``rms_norm2d`` then
+    ``ops.gelu_tanh``, on the same ``tanh``: the result is identical."""
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    N, t = Y * X, x.dtype.type
+    w = np.ascontiguousarray(np.asarray(weight).astype(x.dtype, copy=False))   # [C]
+    y = np.empty_like(x)                                                        # [B, C, Y, X]
+    xf, yf = x.reshape(B, C, N), y.reshape(B, C, N)
+    step = max(16, _CHUNK // max(C, 1) // 16 * 16)                              # pixels per chunk
+    scratch = np.empty(C * min(step, N), dtype=x.dtype)
+    pre, post = _kernel("norm_gelu_pre"), _kernel("gelu_post")
+    for b in range(B):
+        for n0 in range(0, N, step):
+            n1 = min(N, n0 + step)
+            u = scratch[:C * (n1 - n0)].reshape(C, n1 - n0)                     # [C, chunk]
+            pre(xf[b], w, yf[b], u, n0, n1, t(C), t(eps), t(1.0), t(0.044715), t(np.sqrt(2.0 / np.pi)))
+            np.tanh(u, out=u)
+            post(yf[b], u, n0, n1, t(1.0), t(0.5))
+    return y
+
+
+def _norm_gelu_pre_loops(x, w, y, u, n0, n1, count, eps, one, cubic, sqrt_2_pi):
+    """Pixels n0..n1-1 of one image: ``y = x * inv_rms * w`` (as ``_rms_norm2d_loops``) and the tanh
+    argument ``u = ((y*y*y) * cubic + y) * sqrt_2_pi`` in ``ops.gelu_tanh``'s order."""
+    C = x.shape[0]
+    m = n1 - n0
+    ms = np.zeros(m, dtype=x.dtype)                                             # [chunk]
+    for c in range(C):
+        row = x[c, n0:n1]
+        for n in range(m):
+            ms[n] += row[n] * row[n]
+    for n in range(m):
+        ms[n] = one / np.sqrt(ms[n] / count + eps)
+    for c in range(C):
+        row, out, uc, wc = x[c, n0:n1], y[c, n0:n1], u[c], w[c]
+        for n in range(m):
+            v = row[n] * ms[n] * wc
+            out[n] = v
+            uc[n] = (v * v * v * cubic + v) * sqrt_2_pi
+
+
+def _gelu_post_loops(y, u, n0, n1, one, half):
+    """``y = (tanh + 1) * y * 0.5`` on pixels n0..n1-1 (``u`` holds the tanh)."""
+    C = y.shape[0]
+    for c in range(C):
+        out, uc = y[c, n0:n1], u[c]
+        for n in range(n1 - n0):
+            out[n] = (uc[n] + one) * out[n] * half
+
+
+def rms_norm2d_add(x, weight, residual, gamma, eps):
+    """``rms_norm2d(x) * gamma + residual`` (either may be None), as ``conv2d.rms_norm2d_add``.
+    [B, C, Y, X] -> [B, C, Y, X]. One read of the residual, one write, no temporaries; identical result."""
+    x = np.ascontiguousarray(x)
+    B, C, Y, X = x.shape
+    t = x.dtype.type
+    w = np.ascontiguousarray(np.asarray(weight).astype(x.dtype, copy=False))   # [C]
+    g = np.ascontiguousarray(np.asarray(gamma).astype(x.dtype, copy=False)) if gamma is not None \
+        else np.ones(C, x.dtype)                                                # [C] (x 1 is exact)
+    has_res = residual is not None
+    r = np.ascontiguousarray(np.asarray(residual).astype(x.dtype, copy=False)).reshape(B, C, Y * X) if has_res \
+        else x.reshape(B, C, Y * X)
+    y = np.empty_like(x)                                                        # [B, C, Y, X]
+    _kernel("rms_norm2d_add")(x.reshape(B, C, Y * X), w, g, r, has_res, y.reshape(B, C, Y * X), t(C), t(eps),
+                              t(1.0))
+    return y
+
+
+def _rms_norm2d_add_loops(x, w, g, r, has_res, y, count, eps, one):
+    """``y[c] = x[c] * inv * w[c] * g[c] (+ r[c])``: ``_rms_norm2d_loops``, then NumPy's ``h * gamma``
+    and ``h + x`` in that order."""
+    B, C, N = x.shape
+    ms = np.empty(N, dtype=x.dtype)                                             # [Y*X]
+    for b in range(B):
+        ms[:] = 0
+        for c in range(C):
+            row = x[b, c]
+            for n in range(N):
+                ms[n] += row[n] * row[n]
+        for n in range(N):
+            ms[n] = one / np.sqrt(ms[n] / count + eps)
+        for c in range(C):
+            row, out, wc, gc = x[b, c], y[b, c], w[c], g[c]
+            if has_res:
+                res = r[b, c]
+                for n in range(N):
+                    out[n] = row[n] * ms[n] * wc * gc + res[n]
+            else:
+                for n in range(N):
+                    out[n] = row[n] * ms[n] * wc * gc

@@ -5,9 +5,10 @@ Convolutions are written out in NumPy: a dense kxk conv gathers its k*k shifted 
 sum of k*k shifted views times per-channel taps, never a dense conv with a block-diagonal weight; a 1x1
 conv is a matmul over channels. Arrays are NCHW ([B, C, Y, X]) like the reference's.
 
-Every conv pads TF-"SAME" style (``padding.same_padding``). The depthwise conv and RmsNorm2d have
-compiled twins in ``accel`` (optional numba extra), used when numba is importable; these NumPy versions are
-the definition and the twins are tested against them.
+Every conv pads TF-"SAME" style (``padding.same_padding``). The depthwise conv, RmsNorm2d, RmsNorm2d + GELU
+(``rms_norm2d_gelu``) and RmsNorm2d * layer scale + skip (``rms_norm2d_add``) have compiled twins in ``accel``
+(optional numba extra), used when numba is importable; these NumPy versions are the definition and the twins
+are tested against them.
 
 Source: timm 1.0.31 ``timm/layers`` (``create_conv2d``, ``RmsNorm2d``, ``ConvNormAct``) and torch's
 ``F.interpolate`` (nearest, bilinear without antialiasing).
@@ -94,6 +95,28 @@ def rms_norm2d(x, weight, eps=EPS):
     return y
 
 
+def rms_norm2d_gelu(x, weight, eps=EPS):
+    """``gelu_tanh(rms_norm2d(x))``: the norm + activation of every ConvNormAct with GELU.
+    [B, C, Y, X] -> [B, C, Y, X]. The numba twin does it in one pass over the map (plus NumPy's ``tanh`` on a
+    cached chunk) instead of about ten whole-array passes; same operations, same result."""
+    if accel.use_numba(x):  # the same sums, compiled (optional numba extra): accel.py
+        return accel.rms_norm2d_gelu(x, weight, eps)
+    return gelu_tanh(rms_norm2d(x, weight, eps))
+
+
+def rms_norm2d_add(x, weight, residual=None, gamma=None, eps=EPS):
+    """``rms_norm2d(x) * gamma[c] + residual``: a block's last norm, its layer scale and its skip connection
+    (``gamma`` and ``residual`` may be None).   [B, C, Y, X] -> [B, C, Y, X]"""
+    if accel.use_numba(x):  # the same sums, compiled (optional numba extra): accel.py
+        return accel.rms_norm2d_add(x, weight, residual, gamma, eps)
+    y = rms_norm2d(x, weight, eps)                                              # [B, C, Y, X]
+    if gamma is not None:
+        y *= gamma.astype(x.dtype, copy=False)[:, None, None]
+    if residual is not None:
+        y += residual
+    return y
+
+
 def conv_norm_act(x, p, kernel=1, stride=1, dilation=1, depthwise=False, act=True, bias=None):
     """timm ``ConvNormAct``: conv (``p['conv.weight']``) -> RmsNorm2d (``p['bn.weight']``) -> GELU or not.
     [B, Ci, Y, X] -> [B, Co, Yo, Xo]"""
@@ -102,8 +125,9 @@ def conv_norm_act(x, p, kernel=1, stride=1, dilation=1, depthwise=False, act=Tru
         x = depthwise_conv2d(x, w, stride, dilation)                            # [B, C, Yo, Xo]
     else:
         x = conv2d(x, w, stride, dilation, bias)                                # [B, Co, Yo, Xo]
-    x = rms_norm2d(x, p["bn.weight"])                                           # [B, Co, Yo, Xo]
-    return gelu_tanh(x) if act else x
+    if act:
+        return rms_norm2d_gelu(x, p["bn.weight"])                               # [B, Co, Yo, Xo]
+    return rms_norm2d(x, p["bn.weight"])                                        # [B, Co, Yo, Xo]
 
 
 def resize_nearest(x, out_hw):

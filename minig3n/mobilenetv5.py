@@ -36,12 +36,11 @@ from __future__ import annotations
 import numpy as np
 
 from .conv2d import (EPS, conv2d, conv_norm_act, depthwise_conv2d, pointwise_conv, resize_bilinear, resize_nearest,
-                     rms_norm2d)
+                     rms_norm2d, rms_norm2d_add, rms_norm2d_gelu)
 from .errors import InputError
 from .mobilenetv5_arch import (MOBILENETV5_300M_ARCH_DEF, PREFIX, BlockSpec, EncoderSpec, decode_block, encoder_spec,
                                make_divisible, vision_weight_shapes)
 from .ops import gelu_tanh as gelu
-from .ops import softmax
 from .padding import same_padding
 from .params import sub_params
 
@@ -49,7 +48,7 @@ from .params import sub_params
 __all__ = ["vision_encoder", "image_soft_tokens", "stem", "edge_residual", "universal_inverted_residual",
            "mobile_mqa", "msfa", "BLOCKS", "PREFIX", "EPS", "MOBILENETV5_300M_ARCH_DEF", "BlockSpec", "EncoderSpec",
            "decode_block", "encoder_spec", "make_divisible", "vision_weight_shapes", "conv2d", "depthwise_conv2d",
-           "pointwise_conv", "rms_norm2d", "conv_norm_act", "resize_nearest", "resize_bilinear", "same_padding",
+           "pointwise_conv", "rms_norm2d", "rms_norm2d_gelu", "rms_norm2d_add", "conv_norm_act", "resize_nearest", "resize_bilinear", "same_padding",
            "gelu"]
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,10 +67,9 @@ def edge_residual(x, p, b: BlockSpec):
     (1x1) conv projecting to out channels -> norm; residual iff in == out and stride 1. No layer scale.
     [B, Ci, Y, X] -> [B, Co, Y/s, X/s]"""
     h = conv2d(x, p["conv_exp.weight"], b.stride, b.dilation)                   # [B, mid, Yo, Xo]
-    h = gelu(rms_norm2d(h, p["bn1.weight"]))                                    # [B, mid, Yo, Xo]
+    h = rms_norm2d_gelu(h, p["bn1.weight"])                                     # [B, mid, Yo, Xo]
     h = conv2d(h, p["conv_pwl.weight"])                                         # [B, Co, Yo, Xo]
-    h = rms_norm2d(h, p["bn2.weight"])                                          # [B, Co, Yo, Xo]
-    return h + x if b.has_skip else h
+    return rms_norm2d_add(h, p["bn2.weight"], x if b.has_skip else None)        # norm (+ x)   [B, Co, Yo, Xo]
 
 
 def universal_inverted_residual(x, p, b: BlockSpec):
@@ -86,12 +84,18 @@ def universal_inverted_residual(x, p, b: BlockSpec):
     h = conv_norm_act(h, sub_params(p, "pw_exp"))                                     # [B, mid, Y', X']
     if b.dw_mid:
         h = conv_norm_act(h, sub_params(p, "dw_mid"), b.dw_mid, b.stride, b.dilation, depthwise=True)  # [B, mid, Yo, Xo]
-    h = conv_norm_act(h, sub_params(p, "pw_proj"), act=False)                         # [B, Co, Yo, Xo]
+    # The last conv's norm, the layer scale and the skip connection in one step (rms_norm2d_add).
     if b.dw_end:
+        h = conv_norm_act(h, sub_params(p, "pw_proj"), act=False)                     # [B, Co, Yo, Xo]
         s = b.stride if not (b.dw_start or b.dw_mid) else 1
-        h = conv_norm_act(h, sub_params(p, "dw_end"), b.dw_end, s, b.dilation, depthwise=True, act=False)  # [B, Co, Yo, Xo]
-    h = h * p["layer_scale.gamma"].astype(h.dtype, copy=False)[:, None, None]  # [B, Co, Yo, Xo]
-    return h + x if b.has_skip else h
+        h, last = depthwise_conv2d(h, p["dw_end.conv.weight"], s, b.dilation), "dw_end"  # [B, Co, Yo, Xo]
+    else:
+        h, last = conv2d(h, p["pw_proj.conv.weight"]), "pw_proj"                    # [B, Co, Yo, Xo]
+    return rms_norm2d_add(h, p[f"{last}.bn.weight"], x if b.has_skip else None,
+                          p["layer_scale.gamma"])                                     # norm * gamma (+ x)
+
+
+QUERY_BLOCK = 256         # mobile_mqa: queries per softmax block (logits of 256 x 576 keys: 590 KB)
 
 
 def mobile_mqa(x, p, b: BlockSpec):
@@ -103,8 +107,7 @@ def mobile_mqa(x, p, b: BlockSpec):
     B, C, Y, X = x.shape
     h, d = b.num_heads, b.key_dim
     xn = rms_norm2d(x, p["norm.weight"])                                        # [B, C, Y, X]
-    q = pointwise_conv(xn, p["attn.query.proj.weight"])                         # [B, h*d, Y, X]
-    q = q.reshape(B, h, d, Y * X).transpose(0, 1, 3, 2)                         # [B, h, Y*X, d]
+    q = pointwise_conv(xn, p["attn.query.proj.weight"]).reshape(B, h, d, Y * X)  # [B, h, d, Y*X]
     kv = []
     for name in ("key", "value"):
         t = xn
@@ -112,18 +115,29 @@ def mobile_mqa(x, p, b: BlockSpec):
             t = depthwise_conv2d(t, p[f"attn.{name}.down_conv.weight"], b.kv_stride, b.dilation)  # [B, C, Ym, Xm]
             t = rms_norm2d(t, p[f"attn.{name}.norm.weight"])                    # [B, C, Ym, Xm]
         t = pointwise_conv(t, p[f"attn.{name}.proj.weight"])                    # [B, d, Ym, Xm]
-        kv.append(t.reshape(B, 1, d, -1).transpose(0, 1, 3, 2))                 # [B, 1, M, d]
+        kv.append(t.reshape(B, 1, d, -1))                                       # [B, 1, d, M]
     k, v = kv
-    # One key/value head serves every query head, so all h*Y*X queries go through one matmul.
-    q2 = q.reshape(B, h * Y * X, d)                                             # [B, h*Y*X, d]
-    logits = np.matmul(q2, k[:, 0].transpose(0, 2, 1))                          # [B, h*Y*X, M]
-    logits *= x.dtype.type(d ** -0.5)
-    o = np.matmul(softmax(logits, axis=-1), v[:, 0])                            # [B, h*Y*X, d]
-    o = o.reshape(B, h, Y * X, d)                                               # [B, h, Y*X, d]
-    o = o.transpose(0, 2, 1, 3).reshape(B, Y, X, h * d).transpose(0, 3, 1, 2)  # [B, h*d, Y, X]
-    o = pointwise_conv(np.ascontiguousarray(o), p["attn.output.proj.weight"])   # [B, Co, Y, X]
-    o = o * p["layer_scale.gamma"].astype(o.dtype, copy=False)[:, None, None]  # [B, Co, Y, X]
-    return o + x if b.has_skip else o
+    # One key/value head serves every query head. Queries go in blocks of QUERY_BLOCK per head, so that a
+    # block's logits [QUERY_BLOCK, M] stay in cache through the softmax (the same numbers as one big
+    # softmax: each row only sees its own keys). The matmuls read q and write o channels-first through
+    # transposed views (BLAS takes them as they are): no transposed copies.
+    q = q * x.dtype.type(d ** -0.5)                                             # [B, h, d, Y*X] scaled
+    o = np.empty_like(q)                                                        # [B, h, d, Y*X] = o^T per head
+    for bi in range(B):
+        for hi in range(h):
+            for n0 in range(0, Y * X, QUERY_BLOCK):
+                n1 = min(Y * X, n0 + QUERY_BLOCK)
+                logits = q[bi, hi, :, n0:n1].T @ k[bi, 0]                       # [n, M]
+                # softmax over the keys, in place (ops.softmax's operations, without its temporaries)
+                logits -= np.max(logits, axis=-1, keepdims=True)
+                np.exp(logits, out=logits)
+                logits /= np.sum(logits, axis=-1, keepdims=True)                # [n, M] probs
+                np.matmul(v[bi, 0], logits.T, out=o[bi, hi, :, n0:n1])          # [d, n]
+    o = pointwise_conv(o.reshape(B, h * d, Y, X), p["attn.output.proj.weight"])  # [B, Co, Y, X]
+    o *= p["layer_scale.gamma"].astype(o.dtype, copy=False)[:, None, None]     # [B, Co, Y, X]
+    if b.has_skip:
+        o += x
+    return o
 
 
 BLOCKS = {"er": edge_residual, "uir": universal_inverted_residual, "mqa": mobile_mqa}

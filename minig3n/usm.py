@@ -51,7 +51,7 @@ import numpy as np
 from .params import sub_params
 from .config import AudioConfig
 from .errors import InputError
-from .ops import linear, rms_norm, silu, softcap, softmax, softplus
+from .ops import linear, rms_norm, softcap, softmax, softplus
 
 # torch 2.14.1's float32 exp (CPU) is faithfully but not correctly rounded: for the default width
 # (768 timescales) it lands one ulp away from the correctly rounded value at these indices. The
@@ -99,7 +99,20 @@ def sigmoid(x):
     """``1 / (1 + exp(-x))`` without overflow warnings.   [...] -> [...]"""
     e = np.exp(-np.abs(x))                                                       # [...] in (0, 1]: never overflows
     one = x.dtype.type(1.0)
-    return np.where(x >= 0, one / (one + e), e / (one + e))
+    num = np.where(x >= 0, one, e)                                               # [...] 1 / (1 + e) or e / (1 + e)
+    e += one
+    num /= e
+    return num
+
+
+def silu_(h):
+    """``ops.silu`` (``x / (1 + exp(-x))``, the same operations) computed in place in ``h``, with one
+    temporary: the FFN's [T, 4D] activations are the largest arrays of the encoder.   [...] -> [...]"""
+    t = np.negative(h)                                                           # [...]
+    np.exp(t, out=t)
+    t += h.dtype.type(1.0)
+    h /= t
+    return h
 
 
 def _w(p, name, dtype):
@@ -139,10 +152,13 @@ def cumulative_group_norm(x, weight, eps):
     count = (np.arange(1, T + 1, dtype=np.float64) * (F * C)).astype(dt)[None, :, None, None]  # [1, T, 1, 1]
     step_sum = x.sum(axis=(2, 3), keepdims=True)                                 # [B, T, 1, 1]
     mean = np.cumsum(step_sum.astype(np.float64), axis=1).astype(dt) / count     # [B, T, 1, 1]
-    step_sq = np.square(x - mean).sum(axis=(2, 3), keepdims=True)                # [B, T, 1, 1]
+    d = x - mean                                                                 # [B, T, F, C]
+    step_sq = np.square(d).sum(axis=(2, 3), keepdims=True)                       # [B, T, 1, 1]
     var = np.cumsum(step_sq.astype(np.float64), axis=1).astype(dt) / count       # [B, T, 1, 1]
     inv_std = dt.type(1.0) / np.sqrt(var + dt.type(eps))                         # [B, T, 1, 1]
-    return (x - mean) * inv_std * weight.astype(dt, copy=False)                  # [B, T, F, C]
+    d *= inv_std                                                                 # in place: (x - mu) * inv_std
+    d *= weight.astype(dt, copy=False)
+    return d                                                                     # [B, T, F, C]
 
 
 def sscp_conv_block(x, p, kernel, stride, eps):
@@ -186,7 +202,7 @@ def feed_forward(x, p, cfg: AudioConfig):
     """Half-step FFW: ``x + 0.5 * RMSNorm_post(silu(RMSNorm_pre(x) W1^T) W2^T)``.   [B, T, D] -> [B, T, D]"""
     eps = cfg.rms_norm_eps
     h = rms_norm(x, p["pre_layer_norm.weight"], eps)                             # [B, T, D]
-    h = silu(linear(h, p["ffw_layer_1.weight"]))                                 # [B, T, 4D]
+    h = silu_(linear(h, p["ffw_layer_1.weight"]))                                # [B, T, 4D] (in place)
     h = rms_norm(linear(h, p["ffw_layer_2.weight"]), p["post_layer_norm.weight"], eps)  # [B, T, D]
     return x + h * x.dtype.type(cfg.conf_residual_weight)                        # [B, T, D]
 
@@ -273,9 +289,11 @@ def light_conv1d(x, p, cfg: AudioConfig):
     T = x.shape[1]
     yp = np.pad(y, ((0, 0), (k - 1, 0), (0, 0)))                                 # [B, T + k - 1, D]
     z = yp[:, 0:T] * w[:, 0]                                                     # [B, T, D]
+    tmp = np.empty_like(z)                                                       # [B, T, D] scratch
     for j in range(1, k):
-        z = z + yp[:, j:j + T] * w[:, j]                                         # [B, T, D]
-    z = silu(rms_norm(z, p["conv_norm.weight"], eps))                            # [B, T, D]
+        np.multiply(yp[:, j:j + T], w[:, j], out=tmp)
+        z += tmp                                                                 # [B, T, D]
+    z = silu_(rms_norm(z, p["conv_norm.weight"], eps))                           # [B, T, D] (in place)
     return linear(z, p["linear_end.weight"]) + x                                 # [B, T, D]
 
 

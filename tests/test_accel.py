@@ -195,3 +195,46 @@ def test_minig3n_imports_and_runs_with_numba_absent():
     env = {k: v for k, v in os.environ.items() if k != accel.ENV}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ---- the fused norm kernels (rms_norm2d_gelu, rms_norm2d_add) ----------------------------------------
+# The twins run the NumPy versions' operations in the same order on the same NumPy tanh (the GELU), so
+# they meet the same TOL as above (in fact identical). Shapes: odd channel counts, more pixels than one
+# chunk (accel._CHUNK // C), a batch of two, a 1x1 map.
+FUSED_SHAPES = [(2, 5, 3, 4), (1, 64, 40, 41), (1, 3, 1, 1), (1, 7, 200, 150), (2, 300, 7, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+def test_rms_norm2d_gelu_twin_matches_numpy(shape, dtype, numpy_mode):
+    """accel.rms_norm2d_gelu == conv2d.rms_norm2d_gelu (NumPy: gelu_tanh(rms_norm2d(x)))."""
+    from minig3n import conv2d
+    rng = np.random.default_rng(shape[1] + shape[2])
+    x = (3.0 * rng.standard_normal(shape)).astype(dtype)
+    x[..., 0, 0] = 0.0
+    w = rng.standard_normal(shape[1]).astype(dtype)
+    want = conv2d.rms_norm2d_gelu(x, w)
+    np.testing.assert_array_equal(want, mobilenetv5.gelu(mobilenetv5.rms_norm2d(x, w)))
+    got = accel.rms_norm2d_gelu(x, w, mobilenetv5.EPS)
+    assert got.dtype == dtype and got.shape == shape
+    assert not np.any(got[..., 0, 0])
+    assert rel_err(got, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+@pytest.mark.parametrize("with_res,with_gamma", [(True, True), (True, False), (False, True), (False, False)])
+def test_rms_norm2d_add_twin_matches_numpy(shape, dtype, with_res, with_gamma, numpy_mode):
+    """accel.rms_norm2d_add == conv2d.rms_norm2d_add (NumPy: rms_norm2d(x) * gamma + residual)."""
+    from minig3n import conv2d
+    rng = np.random.default_rng(shape[1] * 7 + shape[3])
+    x = (3.0 * rng.standard_normal(shape)).astype(dtype)
+    w = rng.standard_normal(shape[1]).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype) if with_res else None
+    gamma = rng.uniform(1e-5, 1.0, shape[1]).astype(dtype) if with_gamma else None
+    want = conv2d.rms_norm2d_add(x, w, res, gamma)
+    by_hand = mobilenetv5.rms_norm2d(x, w) * (gamma[:, None, None] if with_gamma else 1) + (res if with_res else 0)
+    np.testing.assert_allclose(want, by_hand, rtol=0, atol=0)
+    got = accel.rms_norm2d_add(x, w, res, gamma, mobilenetv5.EPS)
+    assert got.dtype == dtype and got.shape == shape
+    assert rel_err(got, want) <= TOL[dtype]
