@@ -104,7 +104,9 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
         cfg = dataclasses.replace(cfg)
         object.__setattr__(cfg, "exact_constants", True)   # read with getattr(cfg, "exact_constants", False)
     table = prefix + "embed_tokens_per_layer.weight"             # read row by row, never whole
-    ckpt.prefetch([n for n in shapes if n != table and ckpt.keeps_bf16(n)])  # BF16 kept: start reading (cold start)
+    head = prefix + "embed_tokens.weight"                        # the tied LM head: read last, so fetched last
+    order = [n for n in shapes if n not in (table, head)] + [head]
+    ckpt.prefetch([n for n in order if ckpt.keeps_bf16(n)])     # BF16 kept: start reading, in compute order
     return TextModel(cfg, ckpt, prefix)
 
 

@@ -50,6 +50,21 @@ def test_gemv_kernel_matches_numpy_twin(shape, n):
     assert rel_err(got, exact) <= GEMV_TOL and rel_err(twin, exact) <= GEMV_TOL
 
 
+@pytest.mark.parametrize("shape", [(8192, 256), (2048, 2048), (37, 13), (130, 2048), (64, 2048), (3, 40)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("n", [9, 16, 130])
+def test_gemm_kernel_matches_numpy_twin(shape, n):
+    """The compiled prefill product (4x4 tiles and the ragged edges) against its NumPy twin ``blocked`` and
+    the float64 product; tolerance GEMV_TOL (same exact products, float32 sums in another order)."""
+    rng = np.random.default_rng(shape[0] * 5 + shape[1] + n)
+    bits = random_bits(rng, shape)
+    x = rng.standard_normal((n, shape[1]), dtype=np.float32)
+    exact = x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T
+    got, twin = bf16.gemm_numba(x, bits), bf16.blocked(x, bits)
+    assert got.dtype == np.float32 and got.shape == (n, shape[0])
+    assert rel_err(got, twin) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
+
+
 @pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_blocked_widening_matches_float32_product(shape):
     """The prefill path (the same NumPy code in both modes) against the product with the whole matrix widened
@@ -161,6 +176,13 @@ def test_load_prefetches_the_bf16_matrices_but_not_the_ple_table(monkeypatch):
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)))
     model = decoder.load_text_model(TINY)
     ck, pre = model.ckpt, model.prefix
+    ck.prefetcher.join(timeout=60)                            # the calls come from a background thread
+    head = pre + "embed_tokens.weight"                        # compute order: layer 0 before 1 before 2, head last
+    assert calls[-1][0] == ck.file_of(head).data_start + ck.file_of(head).header[head]["data_offsets"][0]
+    q = [pre + f"layers.{i}.self_attn.q_proj.weight" for i in range(3)]
+    at = [next(k for k, c in enumerate(calls) if c[0] == ck.file_of(n).data_start + ck.file_of(n).header[n][
+        "data_offsets"][0]) for n in q]
+    assert at == sorted(at)
     kept = [n for n in ck.names if n.startswith(pre) and ck.keeps_bf16(n) and "embed_tokens_per_layer" not in n]
     want = set()
     for n in kept:
@@ -169,5 +191,5 @@ def test_load_prefetches_the_bf16_matrices_but_not_the_ple_table(monkeypatch):
         want.add((f.data_start + b, e - b, os.POSIX_FADV_WILLNEED))
     assert len(kept) > 10 and set(calls) == want and len(calls) == len(want)
     calls.clear()
-    decoder.load_text_model(TINY, np.float64)
-    assert calls == []
+    m64 = decoder.load_text_model(TINY, np.float64)
+    assert calls == [] and getattr(m64.ckpt, "prefetcher", None) is None
