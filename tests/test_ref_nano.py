@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pytest
@@ -60,15 +59,9 @@ def test_greedy_continuation_live(ref, sp, model, i):
 
 def test_validation_loss_live(ref, model):
     """All 24 committed windows (3072 scored ids): float32 minig3n vs float32 reference, 1e-5 relative."""
-    from tests.reference.goldens_nano import reference_token_losses
+    from tests.reference.goldens_nano import check_eval_slice_loss
 
-    windows = np.load(NANO / "eval_slice.npy").astype(np.int64)
-    want = float(reference_token_losses(ref, windows).mean())
-    got = float(adapter.run_token_losses(model, windows).mean())
-    print(f"eval slice loss: minig3n {got:.8f}, reference {want:.8f}")
-    assert abs(got - want) <= 1e-5 * want
-    summary = json.loads((NANO / "train_summary.json").read_text())
-    assert abs(summary["eval_slice_loss"] - want) <= 1e-5 * want  # the model card's figure is this model's
+    check_eval_slice_loss(ref, model, NANO)
 
 
 def test_autotokenizer_matches_sentencepiece_and_minig3n(sp):

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pytest
@@ -45,14 +44,9 @@ def test_greedy_continuation_live(ref, model, prompt):
 
 
 def test_validation_loss_live(ref, model):
-    from tests.reference.goldens_nano import reference_token_losses
-    windows = np.load(NESTED / "eval_slice.npy").astype(np.int64)
-    want = float(reference_token_losses(ref, windows).mean())
-    got = float(adapter.run_token_losses(model, windows).mean())
-    print(f"eval slice loss: minig3n {got:.8f}, reference {want:.8f}")
-    assert abs(got - want) <= 1e-5 * want
-    summary = json.loads((NESTED / "train_summary.json").read_text())
-    assert abs(summary["eval_slice_loss"] - want) <= 1e-5 * want
+    from tests.reference.goldens_nano import check_eval_slice_loss
+
+    check_eval_slice_loss(ref, model, NESTED)
 
 
 @pytest.mark.parametrize("ffn,skip", [([384, 384, 384, 256, 256, 256], []), ([256, 256, 256, 256, 256], [4])])

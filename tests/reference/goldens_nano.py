@@ -45,6 +45,22 @@ def reference_token_losses(model, wins: np.ndarray) -> np.ndarray:
     return loss.numpy()
 
 
+def check_eval_slice_loss(ref, model, model_dir: Path) -> None:
+    """The live check both text nanos run: minig3n's mean loss on the model's committed ``eval_slice.npy``
+    equals the float32 reference's within 1e-5 relative, and so does the model card's ``eval_slice_loss``."""
+    import json
+
+    from tests.adapters import nano as adapter
+
+    windows = np.load(model_dir / "eval_slice.npy").astype(np.int64)
+    want = float(reference_token_losses(ref, windows).mean())
+    got = float(adapter.run_token_losses(model, windows).mean())
+    print(f"eval slice loss: minig3n {got:.8f}, reference {want:.8f}")
+    assert abs(got - want) <= 1e-5 * want
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    assert abs(summary["eval_slice_loss"] - want) <= 1e-5 * want  # the model card's figure is this model's
+
+
 def make():
     import torch
 
