@@ -28,6 +28,17 @@ Names are imported on first use, so ``import minig3n`` (and ``minig3n --help``) 
 """
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+# OpenBLAS's idle threads busy-wait for 2**28 cycles (about 0.1 s) after each call before they sleep. minig3n
+# alternates OpenBLAS calls (attention) with its numba kernels (the BF16 linear layers), whose threads want the
+# same cores: a 128-token E2B prefill took 4.0 s with the default, 3.0 s with OPENBLAS_THREAD_TIMEOUT=4 (16
+# cycles), 2.9 s with OPENBLAS_NUM_THREADS=1 (tests/bench/README.md). OpenBLAS reads it when it loads, so it
+# is set (unless already set) only if numpy is not imported yet; importing numpy first leaves it as it was.
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 # public name -> module that defines it
 _API = {
     "Gemma3nConfig": "config", "Checkpoint": "checkpoint", "Tokenizer": "tokenizer",

@@ -1,98 +1,146 @@
-"""The compiled kernels of ``bf16`` (a private module: imported only when numba is, on the first BF16 GEMV).
+"""The compiled kernels of ``bf16`` (a private module: imported only when numba is, on the first BF16 product).
 
-Each kernel has its NumPy twin in ``bf16`` (``gemv_numpy``, ``widen``); tests/test_bf16.py checks they agree.
+Each kernel has its NumPy twin in ``bf16`` (``gemv_numpy``, ``blocked``, ``widen``); tests/test_bf16.py checks
+they agree.
+
+``widen1`` is the one piece numba does not have: a *scalar* bit cast (``uint16`` BF16 bits -> zero-extend to
+32 bits -> shift left 16 -> reinterpret as float32), written as a numba intrinsic in four LLVM instructions.
+With it the GEMV's inner loop is ``s += widen1(bits[o, i]) * x[n, i]``, which LLVM vectorises into
+``vpmovzxwd`` (16 BF16 values from memory, widened) + ``vpslld`` + ``vfmadd231ps``: the weights are read once,
+2 bytes each, and never written anywhere. (The kernel before widened each row into a uint32 buffer, then took
+the dot product from the buffer: two loops per row, 8-17 GB/s, below the memory's 30+ GB/s.)
+
 Threads: ``prange`` over blocks of output rows, numba's thread count (``NUMBA_NUM_THREADS``, default the
-number of cores). Threading layer: ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise. On this
-project's shared 2-core machines (load 7-10) the OpenMP layer's spinning barriers made a parallel GEMV
-3-4x slower than the workqueue layer (8192 x 2048: 28.9 ms against 7.6 ms, same minute).
+number of cores). Threading layer: numba's own choice (tbb, then OpenMP, then workqueue) unless
+``NUMBA_THREADING_LAYER`` says otherwise. A decode step makes about 300 parallel calls of 0.1-2 ms each, so
+the cost of starting one matters: an empty ``prange`` call took 1.5 us with the OpenMP layer and 100-180 us
+with workqueue (quiet machine, 2 threads), and the 8192 x 2048 GEMV streamed 32 against 24-27 GB/s.
+(On a machine loaded by other jobs, OpenMP's spinning waits can cost more than workqueue's sleeping ones;
+set ``NUMBA_THREADING_LAYER=workqueue`` there.)
 """
-import os
-
 import numba
 import numpy as np
-
-if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _FAST = {"reassoc", "contract"}     # lets LLVM vectorise the float32 dot product (order not sequential)
+LONG_ROW = 4096                     # rows longer than this: 4 rows per pass share each load of x (x > L1)
+
+
+@intrinsic
+def widen1(typingctx, b):
+    """One BF16 value (its uint16 bits) -> float32, exactly: ``float32 bits = uint32(b) << 16``."""
+    if b != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = builder.zext(args[0], ir.IntType(32))
+        v = builder.shl(v, ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(types.uint16), codegen
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def gemv_rows(x, bits, y, o0, o1, row):
-    """y[n, o] = sum_i widen(bits[o, i]) * x[n, i] for o in [o0, o1), float32; ``row`` a uint32 scratch [in]."""
+def gemv_rows(x, bits, y, o0, o1):
+    """y[n, o] = sum_i widen1(bits[o, i]) * x[n, i] for o in [o0, o1), float32 sums (vectorised)."""
     N, I = x.shape
-    wf = row.view(np.float32)
-    for o in range(o0, o1):
-        for i in range(I):
-            row[i] = np.uint32(bits[o, i]) << np.uint32(16)
+    o = o0
+    if I > LONG_ROW:                                   # x no longer fits in L1: 4 rows per load of x
+        while o + 4 <= o1:
+            for n in range(N):
+                s0 = s1 = s2 = s3 = np.float32(0.0)
+                for i in range(I):
+                    xi = x[n, i]
+                    s0 += widen1(bits[o, i]) * xi
+                    s1 += widen1(bits[o + 1, i]) * xi
+                    s2 += widen1(bits[o + 2, i]) * xi
+                    s3 += widen1(bits[o + 3, i]) * xi
+                y[n, o], y[n, o + 1], y[n, o + 2], y[n, o + 3] = s0, s1, s2, s3
+            o += 4
+    for r in range(o, o1):
         for n in range(N):
             s = np.float32(0.0)
             for i in range(I):
-                s += wf[i] * x[n, i]
-            y[n, o] = s
+                s += widen1(bits[r, i]) * x[n, i]
+            y[n, r] = s
 
 
 @numba.njit(cache=True, nogil=True)
 def gemv_serial(x, bits, y):
     """The whole GEMV on the calling thread (small matrices: waking the others costs more)."""
-    gemv_rows(x, bits, y, 0, bits.shape[0], np.empty(x.shape[1], np.uint32))
+    gemv_rows(x, bits, y, 0, bits.shape[0])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def gemv_parallel(x, bits, y):
-    """The GEMV with the output rows cut into 64 blocks shared out over the threads."""
+    """The GEMV with the output rows cut into 64 blocks (multiples of 4 rows) shared out over the threads."""
     O = bits.shape[0]
     blocks = min(O, 64)
-    step = (O + blocks - 1) // blocks
+    step = ((O + blocks - 1) // blocks + 3) // 4 * 4
     for b in numba.prange(blocks):
-        gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step), np.empty(x.shape[1], np.uint32))
+        if b * step < O:
+            gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step))
+
+
+GEMM_ROWS, GEMM_TOKENS = 32, 16    # prefill blocks: 32 weight rows (one thread) x 16 tokens at a time
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _dot(x, bits, n, r):
+    """sum_i x[n, i] * widen1(bits[r, i]), float32 (vectorised)."""
+    s = np.float32(0.0)
+    for i in range(x.shape[1]):
+        s += x[n, i] * widen1(bits[r, i])
+    return s
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def gemm_parallel(x, bits, y):
-    """y = x widen(bits)^T for many tokens (prefill): blocks of ``RB`` weight rows shared out over the threads;
-    each block is widened once into a private float32 buffer (L2-sized), then 4-token x 4-row tiles take 16
-    dot products in one pass over ``in`` (x and w loads shared, 16 vector accumulators), float32 sums.
-    Measured (8192 x 2048, 128 tokens, 2 threads, load 3-5): 54-101 ms against 309-389 ms for NumPy widening
-    per block + OpenBLAS sgemm in the same minute."""
+    """y = x widen(bits)^T for many tokens (prefill), float32 sums. Blocks of ``GEMM_ROWS`` weight rows are
+    shared out over the threads; inside a block, groups of ``GEMM_TOKENS`` tokens (they stay in L2) meet
+    4-row x 4-token register tiles: 16 dot products in one pass over ``in``, each x and w load shared by 4
+    of them, the BF16 widened as it is loaded (``widen1``), 16 vector accumulators. Ragged edges: one dot
+    product at a time.
+    Measured (quiet, 2 threads, 128 tokens): 8192 x 2048 173 GFLOP/s, 2048 x 8192 177, 2048 x 2048 184,
+    against 142 for OpenBLAS sgemm on a float32 copy of 8192 x 2048 and 162 / 150 / 111 for the kernel
+    before (a 32-row block widened into a float32 buffer first, all tokens per block)."""
     N, I = x.shape
     O = bits.shape[0]
-    RB = 32
-    for b in numba.prange((O + RB - 1) // RB):
-        o0 = b * RB
-        nr = min(O, o0 + RB) - o0
-        buf = np.empty((RB, I), np.uint32)
-        for r in range(nr):
-            for i in range(I):
-                buf[r, i] = np.uint32(bits[o0 + r, i]) << np.uint32(16)
-        w = buf.view(np.float32)
-        for n0 in range(0, N, 4):
-            for r0 in range(0, nr, 4):
-                if n0 + 4 <= N and r0 + 4 <= nr:
-                    _tile4x4(x, w, y, n0, r0, o0)
-                else:
-                    for n in range(n0, min(N, n0 + 4)):
-                        for r in range(r0, min(nr, r0 + 4)):
-                            s = np.float32(0.0)
-                            for i in range(I):
-                                s += x[n, i] * w[r, i]
-                            y[n, o0 + r] = s
+    for b in numba.prange((O + GEMM_ROWS - 1) // GEMM_ROWS):
+        o0, o1 = b * GEMM_ROWS, min(O, (b + 1) * GEMM_ROWS)
+        for n0 in range(0, N, GEMM_TOKENS):
+            n1 = min(N, n0 + GEMM_TOKENS)
+            r = o0
+            while r + 4 <= o1:
+                n = n0
+                while n + 4 <= n1:
+                    _tile4x4(x, bits, y, n, r)
+                    n += 4
+                for m in range(n, n1):                                   # ragged tokens
+                    for q in range(r, r + 4):
+                        y[m, q] = _dot(x, bits, m, q)
+                r += 4
+            for q in range(r, o1):                                       # ragged rows
+                for m in range(n0, n1):
+                    y[m, q] = _dot(x, bits, m, q)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
-def _tile4x4(x, w, y, n0, r0, o0):
+def _tile4x4(x, bits, y, n0, r0):
+    """y[n0:n0+4, r0:r0+4] = x[n0:n0+4] widen(bits[r0:r0+4])^T: 16 float32 accumulators, one pass over in."""
     z = np.float32(0.0)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
     for i in range(x.shape[1]):
         a0, a1, a2, a3 = x[n0, i], x[n0 + 1, i], x[n0 + 2, i], x[n0 + 3, i]
-        w0, w1, w2, w3 = w[r0, i], w[r0 + 1, i], w[r0 + 2, i], w[r0 + 3, i]
+        w0, w1 = widen1(bits[r0, i]), widen1(bits[r0 + 1, i])
+        w2, w3 = widen1(bits[r0 + 2, i]), widen1(bits[r0 + 3, i])
         s00 += a0 * w0; s01 += a0 * w1; s02 += a0 * w2; s03 += a0 * w3      # noqa: E702
         s10 += a1 * w0; s11 += a1 * w1; s12 += a1 * w2; s13 += a1 * w3      # noqa: E702
         s20 += a2 * w0; s21 += a2 * w1; s22 += a2 * w2; s23 += a2 * w3      # noqa: E702
         s30 += a3 * w0; s31 += a3 * w1; s32 += a3 * w2; s33 += a3 * w3      # noqa: E702
-    o = o0 + r0
-    y[n0, o], y[n0, o + 1], y[n0, o + 2], y[n0, o + 3] = s00, s01, s02, s03
-    y[n0 + 1, o], y[n0 + 1, o + 1], y[n0 + 1, o + 2], y[n0 + 1, o + 3] = s10, s11, s12, s13
-    y[n0 + 2, o], y[n0 + 2, o + 1], y[n0 + 2, o + 2], y[n0 + 2, o + 3] = s20, s21, s22, s23
-    y[n0 + 3, o], y[n0 + 3, o + 1], y[n0 + 3, o + 2], y[n0 + 3, o + 3] = s30, s31, s32, s33
+    y[n0, r0], y[n0, r0 + 1], y[n0, r0 + 2], y[n0, r0 + 3] = s00, s01, s02, s03
+    y[n0 + 1, r0], y[n0 + 1, r0 + 1], y[n0 + 1, r0 + 2], y[n0 + 1, r0 + 3] = s10, s11, s12, s13
+    y[n0 + 2, r0], y[n0 + 2, r0 + 1], y[n0 + 2, r0 + 2], y[n0 + 2, r0 + 3] = s20, s21, s22, s23
+    y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33

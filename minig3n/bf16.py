@@ -157,3 +157,18 @@ def _kernels():
         raise ConfigError(accel._NO_NUMBA)
     from . import _bf16_kernels
     return _bf16_kernels
+
+
+def load_kernels() -> None:
+    """Import numba and load (or compile) the kernels for the argument types a checkpoint's matrices give
+    (read-only uint16 bits), by running each once on a tiny input. ``decoder.load_text_model`` calls it
+    before it starts reading the weights in the background: on a cold start, numba's imports and its cache
+    lookups (about 900 ``stat`` calls) queued behind that reading took 2-3 s of the first prefill."""
+    k = _kernels()
+    bits = np.zeros((8, 16), np.uint16)
+    bits.flags.writeable = False                       # as the memory map's views are
+    for n in (1, GEMV_ROWS + 1):
+        x, y = np.zeros((n, 16), np.float32), np.empty((n, 8), np.float32)
+        (k.gemv_serial if n == 1 else k.gemm_parallel)(x, bits, y)
+        if n == 1:
+            k.gemv_parallel(x, bits, y)

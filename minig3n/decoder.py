@@ -51,6 +51,7 @@ from .config import FULL, SLIDING, TextConfig
 from .errors import InputError, NumericsError
 from .finite import NonFinite, all_finite, locate
 from .kv_cache import ForwardKV
+from .kv_share import first_consumer
 from .laurel import laurel
 from .mlp import mlp
 from .ops import constant, gelu_tanh, linear, rms_norm, softcap
@@ -106,7 +107,11 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
     table = prefix + "embed_tokens_per_layer.weight"             # read row by row, never whole
     head = prefix + "embed_tokens.weight"                        # the tied LM head: read last, so fetched last
     order = [n for n in shapes if n not in (table, head)] + [head]
-    ckpt.prefetch([n for n in order if ckpt.keeps_bf16(n)])     # BF16 kept: start reading, in compute order
+    kept = [n for n in order if ckpt.keeps_bf16(n)]
+    if kept:
+        from .bf16 import load_kernels
+        load_kernels()                                           # numba's own files first, then the weights
+    ckpt.prefetch(kept)                                          # BF16 kept: start reading, in compute order
     return TextModel(cfg, ckpt, prefix)
 
 
@@ -233,7 +238,8 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
     position_ids [B, T]: RoPE positions; default the cache positions ``cache.length + arange(T)`` (what the
     reference's forward does). The reference's ``generate`` passes ``positions_from_mask(attention_mask)``.
     trace: a dict to fill with named intermediate outputs for batch row 0 (names: module docstring).
-    logits_to_keep: 0 = logits at every position; n > 0 = only the last n (saves the big LM-head matmul)."""
+    logits_to_keep: 0 = logits at every position; n > 0 = only the last n (saves the big LM-head matmul and,
+    without a trace, the KV-shared layers' work on the other positions: kv_share.py)."""
     cfg, dtype = model.cfg, np.dtype(model.dtype)
     past = cache.length if cache is not None else 0
     ids = check_input_ids(input_ids, cfg, past)
@@ -268,7 +274,16 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
     if getattr(rec, "fine", False):
         rec("altup_streams", streams.transpose(1, 0, 2, 3))                   # [B, K, T, D] magnitude-matched
     kv = ForwardKV(cfg, cache, past, T)
+    only_kept = 0 < logits_to_keep < T and trace is None                      # the consumers' shortcut
     for li in range(cfg.num_hidden_layers):
+        if only_kept and li == first_consumer(cfg):
+            # KV-shared layers write no cache and read the producers' K/V: from here on the positions whose
+            # logits are not kept feed nothing (kv_share.py), so only the last logits_to_keep are computed.
+            # (A trace gets every position of every layer, as the reference computes them.)
+            keep = slice(T - logits_to_keep, T)
+            streams, ple = streams[:, :, keep], ple[:, keep]                  # [K, B, T', D], [B, T', L, P]
+            cos_sin = {t: (c[:, keep], s[:, keep]) for t, (c, s) in cos_sin.items()}  # [B, T', E] pairs
+            mask_for = layer_masks(cfg, cache_pos[keep], attention_mask, B, past + T)  # queries: kept rows
         past_kv, shared_kv, k_pos = kv.inputs(li)
         streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
                                         *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,

@@ -9,6 +9,13 @@ and layer 19 (full). This saves the K/V projections and, with a cache, the cache
 Source: transformers 5.24 ``Gemma3nTextConfig.kv_sharing_modes`` (configuration_gemma3n.py) and
 ``Gemma3nTextAttention.forward`` (``shared_kv_states``): modes are None (ordinary layer), "store" (producer)
 and "reuse" (consumer). In 5.24 sharing happens with or without a cache, in the same forward pass.
+A consequence the decoder uses (``decoder._forward``, prefill with ``logits_to_keep``): a consumer writes no
+cache, and everything it does is per position except attention, which reads the producer's K/V, not the
+consumer's own hidden states. So from the first consumer on, the hidden states of positions whose logits are
+not kept feed nothing at all; the decoder carries on with only the kept positions (for E2B: 10 of 30 layers
+on 1 token instead of the whole prompt). The kept positions' numbers are the same computation; the
+reference computes every position anyway.
+
 Left out: the older behaviour (before transformers 4.56), where consumers used their own checkpoint weights
 when no cache was passed (docs/NUMERICS.md §6.1).
 
@@ -35,6 +42,20 @@ def kv_sharing_modes(cfg) -> list:
     for layer_type in sorted(set(cfg.layer_types)):
         modes[max(i for i in range(first) if cfg.layer_types[i] == layer_type)] = "store"
     return modes
+
+
+def first_consumer(cfg) -> int:
+    """The first layer from which every layer is a consumer ("reuse"); ``num_hidden_layers`` if none.
+
+    >>> from minig3n.config import e2b_config
+    >>> first_consumer(e2b_config().text)
+    20
+    """
+    modes = kv_sharing_modes(cfg)
+    i = len(modes)
+    while i > 0 and modes[i - 1] == "reuse":
+        i -= 1
+    return i
 
 
 def kv_producer(cfg, layer_idx: int) -> int | None:

@@ -22,6 +22,7 @@ CheckpointError naming it; Gemma 3n checkpoints hold only floats).
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from .safetensors_header import MAX_HEADER_BYTES, parse_header
 from .errors import CheckpointError
 
 # safetensors dtype name -> numpy storage dtype (BF16 is kept as its uint16 bit patterns)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux's value; newer Pythons name it
 STORAGE = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 _NUMPY_TO_ST = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
 
@@ -89,7 +91,11 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: corrupt file: {size - self.data_start - data_end} bytes after the "
                                   f"last tensor (byte {self.data_start + data_end}); the tensors must cover the "
                                   "data section exactly")
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > 0 else None
+        self._mmap = None                                                     # the file's read-only memory map
+        if size > 0:
+            with open(self.path, "rb") as fh:
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._map = np.frombuffer(self._mmap, dtype=np.uint8) if size > 0 else None  # [size] read-only view
 
     @property
     def names(self) -> list[str]:
@@ -123,6 +129,19 @@ class SafetensorsFile:
         data = np.fromfile(self.path, dtype=storage, count=(stop - start) * row,
                            offset=self.data_start + begin + start * row * storage.itemsize)  # [n * W] stored
         return data.reshape((stop - start,) + tuple(shape[1:]))                              # [n, W...]
+
+    def populate(self, offset: int, length: int) -> bool:
+        """Read bytes ``offset:offset+length`` of the file into the page cache *and* into this memory map's
+        page tables (``madvise(MADV_POPULATE_READ)``, Linux 5.14 and later), so that reading them through
+        ``raw`` later takes no page fault. False where the system does not offer it (then nothing happened)."""
+        if self._mmap is None or not hasattr(self._mmap, "madvise"):
+            return False
+        start = offset - offset % mmap.PAGESIZE
+        try:
+            self._mmap.madvise(MADV_POPULATE_READ, start, offset + length - start)
+        except OSError:                                 # EINVAL on older kernels
+            return False
+        return True
 
     def raw(self, name: str) -> np.ndarray:
         """The stored values as a read-only view into the memory map (uint16 bit patterns for BF16)."""

@@ -299,3 +299,39 @@ def test_logits_to_keep_last_position():
     last, _ = decoder.forward(model, ids, attention_mask=mask, logits_to_keep=1)
     assert last.shape == (2, 1, model.cfg.vocab_size)
     assert rel_err(last[:, 0], full[:, -1]) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_logits_to_keep_computes_the_kv_shared_layers_on_the_kept_positions_only(monkeypatch, dtype, tol):
+    """With logits_to_keep = n, the layers from the first KV consumer on run on the last n positions only
+    (kv_share.py: they write no cache and read the producers' K/V, so the other positions feed nothing), with
+    a cache and left padding; their logits equal the full pass's last n rows (float64 1e-12, float32 1e-5:
+    only BLAS's summation order changes with the number of rows), and the new caches are identical.
+    With a trace every layer runs on every position, as the reference's modules do."""
+    from minig3n import decoder
+    from minig3n.kv_cache import KVCache
+    from minig3n.kv_share import first_consumer
+    _, model = _model("text_model_causal", dtype)
+    cfg = model.cfg
+    first = first_consumer(cfg)
+    assert 0 < first < cfg.num_hidden_layers
+    ids, mask = _long_inputs(cfg, T=12)
+    widths = []
+    layer = decoder.decoder_layer
+    monkeypatch.setattr(decoder, "decoder_layer", lambda streams, *a, **k: widths.append(streams.shape[2]) or
+                        layer(streams, *a, **k))
+    full, c_full = decoder.forward(model, ids, attention_mask=mask, cache=KVCache.empty(cfg, 2, model.dtype))
+    assert widths == [12] * cfg.num_hidden_layers
+    widths.clear()
+    kept, c_kept = decoder.forward(model, ids, attention_mask=mask, cache=KVCache.empty(cfg, 2, model.dtype),
+                                   logits_to_keep=3)
+    assert widths == [12] * first + [3] * (cfg.num_hidden_layers - first)
+    assert kept.shape == (2, 3, cfg.vocab_size) and rel_err(kept, full[:, -3:]) <= tol
+    for li in range(cfg.num_hidden_layers):
+        a, b = c_full.past(li), c_kept.past(li)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    widths.clear()
+    decoder.forward(model, ids, attention_mask=mask, logits_to_keep=3, trace={})
+    assert widths == [12] * cfg.num_hidden_layers

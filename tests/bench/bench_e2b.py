@@ -95,6 +95,7 @@ def work_minig3n(d: Path, P: int, new: int) -> dict:
     return {"load": load, "cold_prefill": cold, "warm_prefill": st["prefill_seconds"],
             "decode_tok_s": st["decode_steps"] / st["decode_seconds"], "ids": [int(t) for t in toks[:new]],
             "accel": accel.mode(), "torch_imported": "torch" in sys.modules,
+            "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset)"),
             "numba_threads": _numba_threads()}
 
 
