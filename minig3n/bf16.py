@@ -7,15 +7,16 @@ memory (15.8 GiB). Here a 2-D BF16 tensor of the text decoder is handed out as a
 bits, a read-only view into the memory map, and its shape) and ``ops.linear`` multiplies with it directly:
 
 * **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits
-  the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread),
-  widens one weight row at a time into a small buffer and takes its dot product with each token in float32.
-  The weights are read once per call, 2 bytes per entry.
+  the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread)
+  and takes each row's dot product with each token in float32, widening the BF16 values as it loads them
+  (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic). The weights are read once per
+  call, 2 bytes per entry, and written nowhere: about 30 GB/s here, the speed of the memory.
   NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
-* **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows widened
-  once into a per-thread float32 buffer, 4-token x 4-row register tiles (3-6x faster than the BLAS path
-  below on this project's shared 2-core machines, where OpenBLAS's statically split threads wait for each
-  other). NumPy twin ``blocked``: blocks of ``BLOCK_ROWS`` weight rows widened into a reusable float32
-  buffer (a NumPy shift) and multiplied by BLAS, one GEMM per block.
+* **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows per thread,
+  16 tokens at a time, 4-token x 4-row register tiles that widen as they load (175-190 GFLOP/s on this
+  project's 2-core machines, OpenBLAS's float32 sgemm 140-185). NumPy twin ``blocked``: blocks of
+  ``BLOCK_ROWS`` weight rows widened into a reusable float32 buffer (a NumPy shift) and multiplied by BLAS,
+  one GEMM per block.
 
 Results: the widened values are exact, so only the order of the float32 sums differs from
 ``x @ float32(W).T``. The GEMV kernel's sum is vectorised by the compiler (reassociated); BLAS orders its
