@@ -12,7 +12,7 @@ the dot product from the buffer: two loops per row, 8-17 GB/s, below the memory'
 
 Threads: ``prange`` over blocks of output rows, numba's thread count (``NUMBA_NUM_THREADS``, default the
 number of cores). Threading layer: numba's own choice (tbb, then OpenMP, then workqueue) unless
-``NUMBA_THREADING_LAYER`` says otherwise. A decode step makes about 300 parallel calls of 0.1-2 ms each, so
+``NUMBA_THREADING_LAYER`` says otherwise. A decode step makes about 160 parallel calls of 0.1-2 ms each, so
 the cost of starting one matters: an empty ``prange`` call took 1.5 us with the OpenMP layer and 100-180 us
 with workqueue (quiet machine, 2 threads), and the 8192 x 2048 GEMV streamed 32 against 24-27 GB/s.
 (On a machine loaded by other jobs, OpenMP's spinning waits can cost more than workqueue's sleeping ones;

@@ -51,7 +51,6 @@ from .config import FULL, SLIDING, TextConfig
 from .errors import InputError, NumericsError
 from .finite import NonFinite, all_finite, locate
 from .kv_cache import ForwardKV
-from .kv_share import first_consumer
 from .laurel import laurel
 from .mlp import mlp
 from .ops import constant, gelu_tanh, linear, rms_norm, softcap
@@ -276,7 +275,7 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
     kv = ForwardKV(cfg, cache, past, T)
     only_kept = 0 < logits_to_keep < T and trace is None                      # the consumers' shortcut
     for li in range(cfg.num_hidden_layers):
-        if only_kept and li == first_consumer(cfg):
+        if only_kept and li == cfg.first_kv_shared_layer:
             # KV-shared layers write no cache and read the producers' K/V: from here on the positions whose
             # logits are not kept feed nothing (kv_share.py), so only the last logits_to_keep are computed.
             # (A trace gets every position of every layer, as the reference computes them.)

@@ -44,20 +44,6 @@ def kv_sharing_modes(cfg) -> list:
     return modes
 
 
-def first_consumer(cfg) -> int:
-    """The first layer from which every layer is a consumer ("reuse"); ``num_hidden_layers`` if none.
-
-    >>> from minig3n.config import e2b_config
-    >>> first_consumer(e2b_config().text)
-    20
-    """
-    modes = kv_sharing_modes(cfg)
-    i = len(modes)
-    while i > 0 and modes[i - 1] == "reuse":
-        i -= 1
-    return i
-
-
 def kv_producer(cfg, layer_idx: int) -> int | None:
     """The layer whose K/V layer ``layer_idx`` reuses, or None if it computes its own."""
     modes = kv_sharing_modes(cfg)

@@ -310,10 +310,9 @@ def test_logits_to_keep_computes_the_kv_shared_layers_on_the_kept_positions_only
     With a trace every layer runs on every position, as the reference's modules do."""
     from minig3n import decoder
     from minig3n.kv_cache import KVCache
-    from minig3n.kv_share import first_consumer
     _, model = _model("text_model_causal", dtype)
     cfg = model.cfg
-    first = first_consumer(cfg)
+    first = cfg.first_kv_shared_layer
     assert 0 < first < cfg.num_hidden_layers
     ids, mask = _long_inputs(cfg, T=12)
     widths = []
