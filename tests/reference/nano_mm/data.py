@@ -17,6 +17,7 @@ files and the model card's fresh held-out sets use disjoint seeds (``SEEDS``).
 """
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import subprocess
@@ -90,8 +91,10 @@ def _ink(text: str, size: int, angle: float, ImageFont, Image, ImageDraw):
 
 
 # --- speech ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def ensure_espeak() -> str:
-    """The espeak-ng binary; installed with apt-get (after apt-get update) if missing."""
+    """The espeak-ng binary; installed with apt-get (after apt-get update) if missing. Every synthesis goes
+    through it, so a test or script that builds clips on a fresh machine needs no set-up step of its own."""
     path = shutil.which("espeak-ng")
     if path is None:
         subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
@@ -104,7 +107,7 @@ def ensure_espeak() -> str:
 
 def synthesize(word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     """espeak-ng's 22050 Hz 16-bit mono WAV of ``word`` -> float64 samples in [-1, 1]."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word],
+    wav = subprocess.run([ensure_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word],
                          check=True, capture_output=True).stdout
     with wave.open(io.BytesIO(wav)) as w:
         assert w.getframerate() == ESPEAK_RATE and w.getsampwidth() == 2 and w.getnchannels() == 1
