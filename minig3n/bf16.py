@@ -9,9 +9,10 @@ bits, a read-only view into the memory map, and its shape) and ``ops.linear`` mu
 * **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits
   the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread)
   and takes each row's dot product with each token in float32, widening the BF16 values as it loads them
-  (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic). The weights are read once per
-  call, 2 bytes per entry, and written nowhere: about 30 GB/s here, the speed of the memory.
-  NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
+  (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic), four rows per pass. The weights
+  are read once per call, 2 bytes per entry, and written nowhere: 21-30 GB/s here, about the speed of the
+  memory. NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
+  ``linear_rows`` is the same over a list of rows (``gather_*``; twin ``gather_numpy``).
 * **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows per thread,
   16 tokens at a time, 4-token x 4-row register tiles that widen as they load (175-190 GFLOP/s on this
   project's 2-core machines, OpenBLAS's float32 sgemm 140-185). NumPy twin ``blocked``: blocks of
@@ -37,7 +38,9 @@ import numpy as np
 from . import accel
 
 GEMV_ROWS = 8            # up to this many tokens: the GEMV kernel (reads the weights once for all of them)
-SERIAL_SIZE = 1 << 20    # matrices up to this many entries (2 MiB of BF16) run the GEMV on one thread
+SERIAL_SIZE = 1 << 17    # matrices up to this many entries (256 KiB of BF16) run the GEMV on one thread
+#   (with numba's OpenMP layer a parallel call costs a few us: 512 x 2048 took 98 us on 2 threads against 182 on
+#   one, 64 x 2048 23 against 20, 4 x 2048 3.6 against 1.9)
 BLOCK_ROWS = 1024        # weight rows widened per BLAS call in the blocked path (1024 x 2048 x 4 B = 8 MiB)
 
 
@@ -96,6 +99,30 @@ def linear(x: np.ndarray, w: BF16Weight) -> np.ndarray:
     else:
         y = gemm_numba(x2, w.bits) if numba else blocked(x2, w.bits)
     return y.reshape(*lead, O)
+
+
+def linear_rows(x: np.ndarray, w: BF16Weight, rows: np.ndarray) -> np.ndarray:
+    """``x W[rows]^T``: the outputs of the listed weight rows only, reading only those rows.
+    [..., in], [out, in], [R] int -> [..., R] float32 (x float32). Used by ``mlp`` for the up projection of
+    the units the sparse gate kept. numba: ``_bf16_kernels.gather_*``; NumPy twin: ``gather_numpy``."""
+    if x.dtype != np.float32:
+        return x @ widen(w.bits[rows]).astype(x.dtype).T
+    lead, I = x.shape[:-1], x.shape[-1]
+    x2 = np.ascontiguousarray(x.reshape(-1, I))          # [N, in]
+    rows = np.ascontiguousarray(rows, dtype=np.int64)     # [R]
+    if accel.mode() == "numba":
+        y = np.empty((x2.shape[0], len(rows)), dtype=np.float32)
+        k = _kernels()
+        (k.gather_serial if len(rows) * I <= SERIAL_SIZE else k.gather_parallel)(x2, w.bits, rows, y)
+    else:
+        y = gather_numpy(x2, w.bits, rows)
+    return y.reshape(*lead, len(rows))
+
+
+def gather_numpy(x: np.ndarray, bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """NumPy twin of the gather kernel: the listed rows copied out, widened, one BLAS product.
+    [N, in] float32, [out, in] uint16, [R] -> [N, R]"""
+    return x @ widen(bits[rows]).T
 
 
 # GEMV (decode) ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 from .bf16 import BF16Weight
 from .bf16 import linear as bf16_linear
+from .bf16 import linear_rows as bf16_linear_rows
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the reference's constant
 GELU_CUBIC = np.float32(0.044715)
@@ -86,6 +87,14 @@ def linear(x, weight, bias=None):
         return y if bias is None else y + bias.astype(x.dtype, copy=False)
     y = x @ weight.astype(x.dtype, copy=False).T
     return y if bias is None else y + bias.astype(x.dtype, copy=False)
+
+
+def linear_rows(x, weight, rows):
+    """``x W[rows]^T``: only the outputs of weight rows ``rows`` (reading only those rows; no bias).
+    [..., in], [out, in], [R] int -> [..., R]"""
+    if isinstance(weight, BF16Weight):
+        return bf16_linear_rows(x, weight, rows)
+    return x @ weight[rows].astype(x.dtype, copy=False).T
 
 
 def softmax(x, axis=-1, where=None):

@@ -35,7 +35,7 @@ def random_bits(rng, shape):
 
 SHAPES = [(4, 2048), (256, 2048), (2048, 256), (64, 2048), (2048, 64), (1000, 2048), (3000, 100), (37, 13),
           (9000, 2048),
-          (1001, 8200), (6, 5000)]    # rows longer than _bf16_kernels.LONG_ROW: 4 rows per pass, then the ragged rest
+          (1001, 8200), (6, 5000)]    # long rows; 1001 and 6: 4 rows per pass (_bf16_kernels._dot4), then the ragged rest
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -64,6 +64,29 @@ def test_gemm_kernel_matches_numpy_twin(shape, n):
     got, twin = bf16.gemm_numba(x, bits), bf16.blocked(x, bits)
     assert got.dtype == np.float32 and got.shape == (n, shape[0])
     assert rel_err(got, twin) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
+
+
+@pytest.mark.parametrize("shape", [(8192, 256), (300, 2048), (2048, 600), (40, 13)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kept", [0, 1, 5, 37, 410, 1000])
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+def test_linear_rows_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch):
+    """``bf16.linear_rows`` (the sparse MLP's up projection of the kept units: serial and parallel gather
+    kernels, 4 rows per pass and the ragged rest; or the NumPy twin) against the listed rows of the full
+    product and the float64 product; tolerance GEMV_TOL. float64 input: the exact product of the listed rows."""
+    monkeypatch.setenv(accel.ENV, mode)
+    rng = np.random.default_rng(shape[0] + kept)
+    bits = random_bits(rng, shape)
+    rows = np.sort(rng.choice(shape[0], min(kept, shape[0]), replace=False))
+    for n in (1, 3):
+        x = rng.standard_normal((1, n, shape[1]), dtype=np.float32)
+        got = bf16.linear_rows(x, bf16.BF16Weight(bits), rows)
+        assert got.shape == (1, n, len(rows)) and got.dtype == np.float32
+        if not len(rows):                            # no unit kept: an empty product, no kernel call to check
+            continue
+        assert rel_err(got, linear(x, bf16.BF16Weight(bits))[..., rows]) <= GEMV_TOL
+        exact = x.astype(np.float64) @ bf16.widen(bits[rows]).astype(np.float64).T
+        assert rel_err(got, exact) <= GEMV_TOL
+        assert np.array_equal(bf16.linear_rows(x.astype(np.float64), bf16.BF16Weight(bits), rows), exact)
 
 
 @pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")

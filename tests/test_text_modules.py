@@ -134,6 +134,26 @@ def test_mlp_golden(name):
     _both(lambda x, dt: A.run_mlp(x["x"], g.weights, cfg, li), g, ["x"], "out")
 
 
+def test_mlp_golden_one_token_at_a_time():
+    """Decode computes the MLP one token at a time, and then a sparse layer reads the up projection of the kept
+    units only (``mlp.LIVE_FRACTION``; the fixture's 28 tokens together keep 62 % of the units, so the golden
+    test above runs the dense path). Each token alone against its row of the same fixture, same tolerances:
+    the kept units' products are the same, the dropped ones are exact zeros either way."""
+    from minig3n import mlp as mlp_mod
+    g = load_golden("text_mlp_sparse")
+    cfg, li = _cfg(g), g.meta["layer_idx"]
+    B, T, _ = g.inputs["x"].shape
+    for dt, want, tol in ((np.float32, g.out32, F32_TOL), (np.float64, g.out64, F64_TOL)):
+        x = g.inputs["x"].astype(dt)
+        gate = mlp_mod.gaussian_topk(x @ g.weights["gate_proj.weight"].astype(dt).T, 0.95)   # [B, T, I]
+        kept = (gate > 0).mean(axis=-1)                                                    # [B, T]
+        assert kept.max() <= mlp_mod.LIVE_FRACTION and kept.min() > 0                      # the kept-units path
+        got = np.concatenate([np.concatenate([A.run_mlp(x[b:b + 1, t:t + 1], g.weights, cfg, li)
+                                              for t in range(T)], axis=1) for b in range(B)])
+        assert got.dtype == dt
+        assert rel_err(got, want["out"]) <= tol, (np.dtype(dt).name, rel_err(got, want["out"]))
+
+
 def test_mlp_intermediate_sizes_differ():
     """The two MLP fixtures come from layers with different intermediate sizes (per-layer list)."""
     a, b = load_golden("text_mlp_sparse"), load_golden("text_mlp_dense")
