@@ -1431,6 +1431,29 @@ e = rel_err(wrong, g.out64["out"])
 print(f"mask on gelu(gate) instead of gelu(relu(gate - cutoff)): rel err {e:.2e}")
 assert e > 1e-2
 '''),
+    md(r'''
+## What the zeros buy: weights not read
+
+A unit whose shifted gate is cut contributes $\mathrm{GELU}(0) \cdot (W_{\text{up}}x)_i = 0$ exactly, so its row
+of `up_proj` need not be read at all. When the units some token keeps are at most `mlp.LIVE_FRACTION` (a
+quarter) of I, which is always the case for one token at a time (decode), `mlp` computes the up projection of
+the kept rows only (`ops.linear_rows`). `down_proj` is still read whole: its kept columns are spread over
+nearly every cache line of its rows. The reference multiplies by the zeros instead; the results agree.
+'''),
+    code(r'''
+from minig3n.config import e2b_config
+
+x1 = g.inputs["x"][:1, :1].astype(np.float64)                                        # [1, 1, D] one token
+gate1 = mlp.gaussian_topk(linear(x1, g.weights["gate_proj.weight"]), 0.95)            # [1, 1, I]
+kept1 = np.flatnonzero(gate1 > 0)
+print(f"one token: {len(kept1)} of {gate1.shape[-1]} units kept, so {len(kept1)} rows of up_proj read")
+dense = linear(gelu_tanh(gate1) * linear(x1, g.weights["up_proj.weight"]), g.weights["down_proj.weight"])
+check("mlp, kept up rows only, vs the dense formula", mlp.mlp(x1, g.weights, 0.95), dense, 1e-14)
+t = e2b_config().text
+skipped = sum(0.95 * t.intermediate_size[l] * t.hidden_size * 2
+              for l in range(t.num_hidden_layers) if t.activation_sparsity_pattern[l] > 0)
+print(f"E2B, one decode step: about {skipped / 1e6:.0f} MB of BF16 up_proj rows not read")
+'''),
     poke(
         "Make layer 2 of the nano sparse too (`activation_sparsity_pattern[2] = 0.95` in a copy of the config) and compare the loss on the line.",
         "Replace the statistical cut by an exact top-5 % (`np.partition`) in layer 0: how different are the outputs?",
