@@ -182,3 +182,64 @@ def _tile4x4(x, bits, y, n0, r0):
     y[n0 + 1, r0], y[n0 + 1, r0 + 1], y[n0 + 1, r0 + 2], y[n0 + 1, r0 + 3] = s10, s11, s12, s13
     y[n0 + 2, r0], y[n0 + 2, r0 + 1], y[n0 + 2, r0 + 2], y[n0 + 2, r0 + 3] = s20, s21, s22, s23
     y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33
+
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def columns_rows(x, bits_t, cols, y, h0, h1):
+    """y[n, h] = sum_k x[n, k] * widen1(bits_t[cols[k], h]) for h in [h0, h1): the product with the listed
+    columns of W, read as rows of its transpose ``bits_t`` [in, out] (W's own columns are strided). Four
+    listed rows per pass: four contiguous runs of ``bits_t`` in flight at once, widened and multiply-added
+    into a float32 accumulator that stays in L1 (vectorised over h). The sum over k runs in list order, four
+    terms at a time. Measured (410 of 8192 rows, out = 2048, 2 threads): 99 us, against 142 us one row per
+    pass and 470 us adding into ``y`` directly."""
+    W = h1 - h0
+    acc = np.empty(W, np.float32)
+    K = cols.shape[0]
+    for n in range(x.shape[0]):
+        acc[:] = 0.0
+        k = 0
+        while k + 4 <= K:
+            x0, x1, x2, x3 = x[n, k], x[n, k + 1], x[n, k + 2], x[n, k + 3]
+            r0, r1 = bits_t[cols[k], h0:h1], bits_t[cols[k + 1], h0:h1]
+            r2, r3 = bits_t[cols[k + 2], h0:h1], bits_t[cols[k + 3], h0:h1]
+            for j in range(W):
+                acc[j] += (x0 * widen1(r0[j]) + x1 * widen1(r1[j])) + (x2 * widen1(r2[j]) + x3 * widen1(r3[j]))
+            k += 4
+        for m in range(k, K):                              # the ragged rest: one row at a time
+            xm, r = x[n, m], bits_t[cols[m], h0:h1]
+            for j in range(W):
+                acc[j] += xm * widen1(r[j])
+        y[n, h0:h1] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def columns_serial(x, bits_t, cols, y):
+    columns_rows(x, bits_t, cols, y, 0, bits_t.shape[1])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def columns_parallel(x, bits_t, cols, y, blocks):
+    """``columns_rows`` with the outputs cut into ``blocks`` blocks (multiples of 16; the caller passes the
+    thread count): each thread reads its part of every listed row. (Eight blocks on two threads, 512 bytes
+    per row each, were 2x slower: the scattered rows' reads are latency-bound, and a longer run per row
+    keeps more of the memory busy.)"""
+    H = bits_t.shape[1]
+    blocks = max(1, min(blocks, H // 64))
+    step = ((H + blocks - 1) // blocks + 15) // 16 * 16
+    for b in numba.prange(blocks):
+        if b * step < H:
+            columns_rows(x, bits_t, cols, y, b * step, min(H, (b + 1) * step))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def transpose(bits, out):
+    """out[i, o] = bits[o, i], in 64 x 64 tiles (both tiles stay in L1), bands of 64 rows shared out over the
+    threads. 2048 x 8192: 33 ms here, against 140-190 ms for NumPy's ``ascontiguousarray(bits.T)``."""
+    O, I = bits.shape
+    for b in numba.prange((O + 63) // 64):
+        o0, o1 = b * 64, min(O, b * 64 + 64)
+        for i0 in range(0, I, 64):
+            for o in range(o0, o1):
+                for i in range(i0, min(I, i0 + 64)):
+                    out[i, o] = bits[o, i]

@@ -12,7 +12,9 @@ bits, a read-only view into the memory map, and its shape) and ``ops.linear`` mu
   (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic), four rows per pass. The weights
   are read once per call, 2 bytes per entry, and written nowhere: 21-30 GB/s here, about the speed of the
   memory. NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
-  ``linear_rows`` is the same over a list of rows (``gather_*``; twin ``gather_numpy``).
+  ``linear_rows`` is the same over a list of rows (``gather_*``; twin ``gather_numpy``); ``linear_columns``
+  over a list of columns, read as rows of the matrix's transpose (``BF16Weight.columns``, made once;
+  ``columns_*``; twin ``columns_numpy``).
 * **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows per thread,
   16 tokens at a time, 4-token x 4-row register tiles that widen as they load (175-190 GFLOP/s on this
   project's 2-core machines, OpenBLAS's float32 sgemm 140-185). NumPy twin ``blocked``: blocks of
@@ -47,15 +49,31 @@ BLOCK_ROWS = 1024        # weight rows widened per BLAS call in the blocked path
 class BF16Weight:
     """A read-only 2-D BF16 matrix as stored: ``bits`` (uint16 [out, in]) and ``shape``. Widened only inside
     ``linear``; ``np.asarray(w)`` / ``w.astype(float32)`` give the whole matrix widened (exact), for code
-    that needs a plain array."""
+    that needs a plain array. ``columns()``: the same bits stored column by column (made once, on request)."""
 
-    __slots__ = ("bits", "shape")
+    __slots__ = ("bits", "shape", "_columns")
     ndim = 2
 
     def __init__(self, bits: np.ndarray):
         if bits.dtype != np.uint16 or bits.ndim != 2:
             raise ValueError(f"BF16Weight needs 2-D uint16 bit patterns, got {bits.dtype} {list(bits.shape)}")
         self.bits, self.shape = bits, tuple(bits.shape)
+        self._columns = None
+
+    def columns(self) -> np.ndarray:
+        """The matrix stored column by column: its transpose, uint16 [in, out], C-contiguous, read-only. Made
+        on the first call and kept (a copy: the matrix's bytes once more, in anonymous memory), so that
+        ``linear_columns`` reads a column of W as one contiguous row. numba: ``_bf16_kernels.transpose``
+        (tiled); NumPy twin: ``np.ascontiguousarray(bits.T)``."""
+        if self._columns is None:
+            if accel.mode() == "numba":
+                t = np.empty(self.shape[::-1], dtype=np.uint16)
+                _kernels().transpose(self.bits, t)
+            else:
+                t = np.ascontiguousarray(self.bits.T)
+            t.flags.writeable = False
+            self._columns = t
+        return self._columns
 
     @property
     def dtype(self):
@@ -117,6 +135,39 @@ def linear_rows(x: np.ndarray, w: BF16Weight, rows: np.ndarray) -> np.ndarray:
     else:
         y = gather_numpy(x2, w.bits, rows)
     return y.reshape(*lead, len(rows))
+
+
+def linear_columns(x: np.ndarray, w: BF16Weight, cols: np.ndarray) -> np.ndarray:
+    """``x W[:, cols]^T``: the product with the listed columns of W only, ``x`` holding the inputs of just
+    those columns.   [..., K], [out, in], [K] int -> [..., out] float32 (x float32). Used by ``mlp`` for the
+    down projection of the units the sparse gate kept. A column of W is strided (one value in each row: a few
+    hundred scattered columns touch nearly every cache line of W), so the columns are read as rows of
+    ``w.columns()``, W's transpose, made on the first call. numba: ``_bf16_kernels.columns_*``; NumPy twin:
+    ``columns_numpy``."""
+    if x.dtype != np.float32:
+        return x @ widen(w.bits[:, cols]).astype(x.dtype).T
+    lead, K = x.shape[:-1], x.shape[-1]
+    cols = np.ascontiguousarray(cols, dtype=np.int64)     # [K]
+    if len(cols) != K:
+        raise ValueError(f"linear_columns: {K} inputs for {len(cols)} listed columns")
+    x2 = np.ascontiguousarray(x.reshape(int(np.prod(lead)), K))  # [N, K] (K may be 0: no unit kept)
+    bits_t = w.columns()                                  # [in, out]
+    if accel.mode() == "numba":
+        y = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
+        k = _kernels()
+        if K * w.shape[0] <= SERIAL_SIZE:
+            k.columns_serial(x2, bits_t, cols, y)
+        else:
+            k.columns_parallel(x2, bits_t, cols, y, k.numba.get_num_threads())
+    else:
+        y = columns_numpy(x2, bits_t, cols)
+    return y.reshape(*lead, w.shape[0])
+
+
+def columns_numpy(x: np.ndarray, bits_t: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """NumPy twin of the columns kernel: the listed rows of the transpose copied out, widened, one BLAS
+    product.   [N, K] float32, [in, out] uint16, [K] -> [N, out]"""
+    return x @ widen(bits_t[cols])
 
 
 def gather_numpy(x: np.ndarray, bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -200,3 +251,9 @@ def load_kernels() -> None:
         (k.gemv_serial if n == 1 else k.gemm_parallel)(x, bits, y)
         if n == 1:
             k.gemv_parallel(x, bits, y)
+    x, y, picked = np.zeros((1, 16), np.float32), np.empty((1, 4), np.float32), np.arange(4)
+    k.gather_serial(x, bits, picked, y)                 # the sparse MLP's kernels (mlp.py), as it calls them
+    k.gather_parallel(x, bits, picked, y)
+    w = BF16Weight(bits)
+    linear_columns(np.zeros((1, 4), np.float32), w, picked)                  # transpose + columns_serial
+    k.columns_parallel(np.zeros((1, 4), np.float32), w.columns(), picked, np.empty((1, 8), np.float32), 1)

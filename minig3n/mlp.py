@@ -8,11 +8,15 @@ shifted, ReLU'd value (not a mask on gelu(gate)). Each layer may have its own in
 (MatFormer sub-models narrow them).
 
 What the sparsity buys: a unit whose shifted gate is <= 0 contributes exactly ``gelu(0) * up = 0``, so its
-row of ``up_proj`` need not be read at all. For one token (decode) 95% of the units are dropped, and ``mlp``
-computes the up projection of the kept units only (``ops.linear_rows``) whenever they are at most
-``LIVE_FRACTION`` of I: on E2B that skips about 300 MB of the 4.8 GB of weights a decode step reads. (The
-reference multiplies by the zeros instead; the kept units' values are the same dot products.
-``down_proj`` is read whole: its kept columns are spread over nearly every cache line of its rows.)
+row of ``up_proj`` and its column of ``down_proj`` need not be read at all. For one token (decode) 95% of
+the units are dropped, and whenever the kept units are at most ``LIVE_FRACTION`` of I, ``mlp`` computes the
+up projection of the kept units only (``ops.linear_rows``: their rows) and the down projection from the
+kept units only (``ops.linear_columns``: their columns). A column of ``down_proj`` [D, I] is strided, one
+value per row, and 5% of the columns touch nearly every cache line of the matrix; so a BF16 ``down_proj``
+is read through its transpose (``BF16Weight.columns``: the matrix once more, stored column by column, made
+by the first call that reads the whole matrix, usually the prompt's), where a column is one contiguous run. On E2B the two skip
+about 640 MB of the 4.8 GB of weights a decode step reads, for 335 MB more memory. (The reference multiplies
+by the zeros instead; the kept units' values are the same dot products, summed in another order.)
 
 Source: transformers 5.24 ``Gemma3nTextMLP`` / ``_gaussian_topk``; the "Spark Transformer" statistical
 top-k (Gemma 3n tech report); docs/NUMERICS.md §1.7.
@@ -30,7 +34,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .ops import gelu_tanh, linear, linear_rows
+from .ops import gelu_tanh, linear, linear_columns, linear_rows, prepare_columns
 
 LIVE_FRACTION = 0.25     # sparse layers: up projection of the kept units only when they are at most this share
 
@@ -65,9 +69,9 @@ def mlp(x, p, sparsity: float = 0.0, rec=None, exact: bool = False):
     if sparsity > 0.0:
         gate = gaussian_topk(gate, sparsity, exact)                           # [B, T, I]
         live = np.flatnonzero((gate > 0).any(axis=(0, 1)))                    # [I'] units some token keeps
-        if len(live) <= LIVE_FRACTION * gate.shape[-1]:
-            h = np.zeros_like(gate)                                           # [B, T, I] dropped units: 0
-            h[..., live] = gelu_tanh(gate[..., live]) * linear_rows(x, p["up_proj.weight"], live)  # [B, T, I']
-            return linear(h, p["down_proj.weight"])                           # [B, T, D]
+        if len(live) <= LIVE_FRACTION * gate.shape[-1]:                      # the kept units only:
+            h = gelu_tanh(gate[..., live]) * linear_rows(x, p["up_proj.weight"], live)  # [B, T, I']
+            return linear_columns(h, p["down_proj.weight"], live)             # [B, T, D]
+        prepare_columns(p["down_proj.weight"])     # for the decode steps to come (a BF16 weight's transpose)
     up = linear(x, p["up_proj.weight"])                                       # [B, T, I]
     return linear(gelu_tanh(gate) * up, p["down_proj.weight"])                # [B, T, D]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .bf16 import BF16Weight
 from .bf16 import linear as bf16_linear
+from .bf16 import linear_columns as bf16_linear_columns
 from .bf16 import linear_rows as bf16_linear_rows
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the reference's constant
@@ -95,6 +96,21 @@ def linear_rows(x, weight, rows):
     if isinstance(weight, BF16Weight):
         return bf16_linear_rows(x, weight, rows)
     return x @ weight[rows].astype(x.dtype, copy=False).T
+
+
+def linear_columns(x, weight, cols):
+    """``x W[:, cols]^T``: the product with weight columns ``cols`` only, ``x`` holding just their inputs
+    (the other inputs are zeros that need not be read; no bias).   [..., K], [out, in], [K] int -> [..., out]"""
+    if isinstance(weight, BF16Weight):
+        return bf16_linear_columns(x, weight, cols)
+    return x @ weight[:, cols].astype(x.dtype, copy=False).T
+
+
+def prepare_columns(weight) -> None:
+    """Make the column-by-column copy ``linear_columns`` reads from a BF16 weight now (``BF16Weight.columns``,
+    kept with the weight); nothing for a plain array, whose columns ``linear_columns`` picks out directly."""
+    if isinstance(weight, BF16Weight):
+        weight.columns()
 
 
 def softmax(x, axis=-1, where=None):

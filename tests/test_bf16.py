@@ -89,6 +89,49 @@ def test_linear_rows_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch):
         assert np.array_equal(bf16.linear_rows(x.astype(np.float64), bf16.BF16Weight(bits), rows), exact)
 
 
+@pytest.mark.parametrize("shape", [(2048, 8192), (300, 2048), (2048, 600), (40, 13)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kept", [0, 1, 5, 37, 410, 1000])
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+def test_linear_columns_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch):
+    """``bf16.linear_columns`` (the sparse MLP's down projection from the kept units: serial and parallel
+    column kernels, 4 columns per pass and the ragged rest; or the NumPy twin) against the full product with
+    zeros at the other inputs and against the float64 product; tolerance GEMV_TOL. float64 input: the exact
+    product of the listed columns."""
+    monkeypatch.setenv(accel.ENV, mode)
+    rng = np.random.default_rng(shape[1] + kept)
+    bits = random_bits(rng, shape)
+    cols = np.sort(rng.choice(shape[1], min(kept, shape[1]), replace=False))
+    w = bf16.BF16Weight(bits)
+    for n in (1, 3):
+        x = rng.standard_normal((1, n, len(cols)), dtype=np.float32)
+        got = bf16.linear_columns(x, w, cols)
+        assert got.shape == (1, n, shape[0]) and got.dtype == np.float32
+        full = np.zeros((1, n, shape[1]), np.float32)
+        full[..., cols] = x                                  # the dropped inputs: zeros
+        exact = x.astype(np.float64) @ bf16.widen(bits[:, cols]).astype(np.float64).T
+        if not len(cols):                                    # no unit kept: the product is zero
+            assert np.array_equal(got, np.zeros_like(got))
+            continue
+        assert rel_err(got, linear(full, w)) <= GEMV_TOL
+        assert rel_err(got, exact) <= GEMV_TOL
+        assert np.array_equal(bf16.linear_columns(x.astype(np.float64), w, cols), exact)
+    with pytest.raises(ValueError, match="3 inputs for 2 listed columns"):
+        bf16.linear_columns(np.ones((1, 3), np.float32), w, np.arange(2))
+
+
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+@pytest.mark.parametrize("shape", [(2048, 8192), (65, 130), (1, 7), (7, 1)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_columns_is_the_transpose_made_once(shape, mode, monkeypatch):
+    """``BF16Weight.columns()``: the bits transposed (the tiled numba kernel, ragged tiles included, or
+    NumPy), C-contiguous and read-only, made on the first call and the same array after."""
+    monkeypatch.setenv(accel.ENV, mode)
+    bits = random_bits(np.random.default_rng(shape[0]), shape)
+    w = bf16.BF16Weight(bits)
+    t = w.columns()
+    assert t.shape == shape[::-1] and t.flags.c_contiguous and not t.flags.writeable
+    assert np.array_equal(t, bits.T) and w.columns() is t
+
+
 @pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_blocked_widening_matches_float32_product(shape):
     """The prefill path (the same NumPy code in both modes) against the product with the whole matrix widened
@@ -163,6 +206,10 @@ def test_whole_model_bf16_kernels_vs_widened(monkeypatch):
     assert isinstance(ck_w.get(ck_w.text_prefix + "embed_tokens.weight"), np.ndarray)
     assert toks == toks_w
     assert rel_err(logits, logits_w) <= 1e-5
+    sparse = [i for i, s in enumerate(ck.config.text.activation_sparsity_pattern) if s > 0]
+    for i in sparse:   # decode read their down_proj by columns: the prompt's pass made the transposes
+        assert ck.get(f"{ck.text_prefix}layers.{i}.mlp.down_proj.weight")._columns is not None
+    assert sparse and ck.get(f"{ck.text_prefix}layers.{len(sparse)}.mlp.down_proj.weight")._columns is None
 
 
 # Bounded-memory attention ----------------------------------------------------------------------------------

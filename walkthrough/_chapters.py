@@ -1435,10 +1435,17 @@ assert e > 1e-2
 ## What the zeros buy: weights not read
 
 A unit whose shifted gate is cut contributes $\mathrm{GELU}(0) \cdot (W_{\text{up}}x)_i = 0$ exactly, so its row
-of `up_proj` need not be read at all. When the units some token keeps are at most `mlp.LIVE_FRACTION` (a
-quarter) of I, which is always the case for one token at a time (decode), `mlp` computes the up projection of
-the kept rows only (`ops.linear_rows`). `down_proj` is still read whole: its kept columns are spread over
-nearly every cache line of its rows. The reference multiplies by the zeros instead; the results agree.
+of `up_proj` and its column of `down_proj` need not be read at all. When the units some token keeps are at
+most `mlp.LIVE_FRACTION` (a quarter) of I, which is always the case for one token at a time (decode), `mlp`
+computes the up projection of the kept rows only (`ops.linear_rows`) and the down projection from the kept
+columns only (`ops.linear_columns`). The reference multiplies by the zeros instead; the results agree.
+
+The columns need one more idea. Memory is read in 64-byte cache lines, 32 BF16 values, and a column of
+`down_proj` [D, I] is one value in each row. Scattered over a row, the kept 5 % of the columns land in most of
+its cache lines, so reading "only the kept columns" of the matrix as stored reads nearly all of it. Stored
+column by column (the transpose [I, D], `BF16Weight.columns()`), a kept column is one contiguous run of D
+values. minig3n makes that copy for the sparse layers' BF16 `down_proj` the first time the whole matrix is
+read (usually by the prompt): memory traded for speed, the matrix once more.
 '''),
     code(r'''
 from minig3n.config import e2b_config
@@ -1446,13 +1453,21 @@ from minig3n.config import e2b_config
 x1 = g.inputs["x"][:1, :1].astype(np.float64)                                        # [1, 1, D] one token
 gate1 = mlp.gaussian_topk(linear(x1, g.weights["gate_proj.weight"]), 0.95)            # [1, 1, I]
 kept1 = np.flatnonzero(gate1 > 0)
-print(f"one token: {len(kept1)} of {gate1.shape[-1]} units kept, so {len(kept1)} rows of up_proj read")
+print(f"one token: {len(kept1)} of {gate1.shape[-1]} units kept: {len(kept1)} rows of up_proj and "
+      f"{len(kept1)} columns of down_proj read")
 dense = linear(gelu_tanh(gate1) * linear(x1, g.weights["up_proj.weight"]), g.weights["down_proj.weight"])
-check("mlp, kept up rows only, vs the dense formula", mlp.mlp(x1, g.weights, 0.95), dense, 1e-14)
+check("mlp, kept up rows and down columns only, vs the dense formula", mlp.mlp(x1, g.weights, 0.95), dense, 1e-14)
+
 t = e2b_config().text
+I = t.intermediate_size[0]
+cols = np.random.default_rng(0).choice(I, int(0.05 * I), replace=False)              # 5 % of E2B's units
+lines = len(np.unique(cols // 32))                                                    # 32 BF16 values per line
+print(f"E2B: {len(cols)} kept columns of {I} fall in {lines} of the {I // 32} cache lines of a row "
+      f"({lines / (I // 32):.0%}; 1 - 0.95^32 = {1 - 0.95 ** 32:.0%} expected)")
 skipped = sum(0.95 * t.intermediate_size[l] * t.hidden_size * 2
               for l in range(t.num_hidden_layers) if t.activation_sparsity_pattern[l] > 0)
-print(f"E2B, one decode step: about {skipped / 1e6:.0f} MB of BF16 up_proj rows not read")
+print(f"E2B, one decode step: about {skipped / 1e6:.0f} MB of up_proj rows and as much of down_proj columns "
+      f"not read (BF16), for {skipped / 0.95 / 1e6:.0f} MB of transposed down_proj kept in memory")
 '''),
     poke(
         "Make layer 2 of the nano sparse too (`activation_sparsity_pattern[2] = 0.95` in a copy of the config) and compare the loss on the line.",

@@ -229,11 +229,12 @@ def decode_bytes(cfg, itemsize: int) -> int:
     return n * itemsize
 
 
-def skipped_up_bytes(cfg, itemsize: int) -> int:
-    """Of ``decode_bytes``, what minig3n expects not to read: on a layer with sparsity s > 0 the up_proj rows of
-    the units the Gaussian top-k drops (a share s of them for Gaussian gates; ``mlp.py``). The roofline is
-    still taken on every byte (the reference's work, and the figures of earlier runs)."""
-    return int(sum(s * i * cfg.hidden_size * itemsize
+def skipped_bytes(cfg, itemsize: int) -> int:
+    """Of ``decode_bytes``, what minig3n expects not to read: on a layer with sparsity s > 0 the up_proj rows
+    and the down_proj columns of the units the Gaussian top-k drops (a share s of them for Gaussian gates;
+    ``mlp.py``). The roofline is still taken on every byte (the reference's work, and the figures of earlier
+    runs)."""
+    return int(sum(2 * s * i * cfg.hidden_size * itemsize
                    for s, i in zip(cfg.activation_sparsity_pattern, cfg.intermediate_size) if s > 0))
 
 
@@ -297,7 +298,8 @@ def main(argv=None):
         print(f"greedy ids, minig3n vs transformers bf16: {sum(1 for x, y in zip(ours, bf) if x == y)}/{len(bf)} equal")
     b16, b32 = decode_bytes(cfg, 2), decode_bytes(cfg, 4)
     print(f"weights per decode token: {b16 / 1e9:.2f} GB BF16 (minig3n skips about "
-          f"{skipped_up_bytes(cfg, 2) / 1e9:.2f} GB of them: sparse layers' up_proj rows of dropped units), "
+          f"{skipped_bytes(cfg, 2) / 1e9:.2f} GB of them: the sparse layers' up_proj rows and down_proj "
+          "columns of dropped units), "
           f"{b32 / 1e9:.2f} GB float32; roofline at "
           f"{bw['gemv_gb_s']:.1f} GB/s: {bw['gemv_gb_s'] * 1e9 / b16:.1f} tok/s BF16, "
           f"{bw['gemv_gb_s'] * 1e9 / b32:.1f} tok/s float32")
