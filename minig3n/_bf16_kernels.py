@@ -234,12 +234,15 @@ def columns_parallel(x, bits_t, cols, y, blocks):
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def transpose(bits, out):
-    """out[i, o] = bits[o, i], in 64 x 64 tiles (both tiles stay in L1), bands of 64 rows shared out over the
-    threads. 2048 x 8192: 33 ms here, against 140-190 ms for NumPy's ``ascontiguousarray(bits.T)``."""
+    """out[i, o] = bits[o, i]: bands of 64 columns of ``bits`` shared out over the threads, each read in 64 x 64
+    tiles (the tile's 64 row pieces stay in L1) and written as contiguous runs of 64 values. 2048 x 8192
+    from the memory map: 20 ms here, against 38 ms with the tile written column by column and 140-190 ms
+    for NumPy's ``ascontiguousarray(bits.T)``."""
     O, I = bits.shape
-    for b in numba.prange((O + 63) // 64):
-        o0, o1 = b * 64, min(O, b * 64 + 64)
-        for i0 in range(0, I, 64):
-            for o in range(o0, o1):
-                for i in range(i0, min(I, i0 + 64)):
+    for b in numba.prange((I + 63) // 64):
+        i0, i1 = b * 64, min(I, b * 64 + 64)
+        for o0 in range(0, O, 64):
+            o1 = min(O, o0 + 64)
+            for i in range(i0, i1):
+                for o in range(o0, o1):
                     out[i, o] = bits[o, i]

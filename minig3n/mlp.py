@@ -72,6 +72,8 @@ def mlp(x, p, sparsity: float = 0.0, rec=None, exact: bool = False):
         if len(live) <= LIVE_FRACTION * gate.shape[-1]:                      # the kept units only:
             h = gelu_tanh(gate[..., live]) * linear_rows(x, p["up_proj.weight"], live)  # [B, T, I']
             return linear_columns(h, p["down_proj.weight"], live)             # [B, T, D]
-        prepare_columns(p["down_proj.weight"])     # for the decode steps to come (a BF16 weight's transpose)
     up = linear(x, p["up_proj.weight"])                                       # [B, T, I]
-    return linear(gelu_tanh(gate) * up, p["down_proj.weight"])                # [B, T, D]
+    out = linear(gelu_tanh(gate) * up, p["down_proj.weight"])                 # [B, T, D]
+    if sparsity > 0.0:
+        prepare_columns(p["down_proj.weight"])     # for the decode steps to come (a BF16 weight's transpose)
+    return out
