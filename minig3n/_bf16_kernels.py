@@ -184,7 +184,6 @@ def _tile4x4(x, bits, y, n0, r0):
     y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33
 
 
-
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def columns_rows(x, bits_t, cols, y, h0, h1):
     """y[n, h] = sum_k x[n, k] * widen1(bits_t[cols[k], h]) for h in [h0, h1): the product with the listed

@@ -13,10 +13,11 @@ the units are dropped, and whenever the kept units are at most ``LIVE_FRACTION``
 up projection of the kept units only (``ops.linear_rows``: their rows) and the down projection from the
 kept units only (``ops.linear_columns``: their columns). A column of ``down_proj`` [D, I] is strided, one
 value per row, and 5% of the columns touch nearly every cache line of the matrix; so a BF16 ``down_proj``
-is read through its transpose (``BF16Weight.columns``: the matrix once more, stored column by column, made
-by the first call that reads the whole matrix, usually the prompt's), where a column is one contiguous run. On E2B the two skip
-about 640 MB of the 4.8 GB of weights a decode step reads, for 335 MB more memory. (The reference multiplies
-by the zeros instead; the kept units' values are the same dot products, summed in another order.)
+is read through its transpose (``BF16Weight.columns``: the matrix once more, stored column by column, where
+a column is one contiguous run), made right after the first call that reads the whole matrix (usually the
+prompt's). On E2B the two skip about 640 MB of the 4.8 GB of weights a decode step reads, for 335 MB more
+memory. (The reference multiplies by the zeros instead; the kept units' values are the same dot products,
+summed in another order.)
 
 Source: transformers 5.24 ``Gemma3nTextMLP`` / ``_gaussian_topk``; the "Spark Transformer" statistical
 top-k (Gemma 3n tech report); docs/NUMERICS.md §1.7.
@@ -36,7 +37,7 @@ import numpy as np
 
 from .ops import gelu_tanh, linear, linear_columns, linear_rows, prepare_columns
 
-LIVE_FRACTION = 0.25     # sparse layers: up projection of the kept units only when they are at most this share
+LIVE_FRACTION = 0.25     # sparse layers: kept units' up rows and down columns only when they are at most this share
 
 
 def std_multiplier(sparsity: float) -> np.float32:
