@@ -100,10 +100,16 @@ def linear_rows(x, weight, rows):
 
 def linear_columns(x, weight, cols):
     """``x W[:, cols]^T``: the product with weight columns ``cols`` only, ``x`` holding just their inputs
-    (the other inputs are zeros that need not be read; no bias).   [..., K], [out, in], [K] int -> [..., out]"""
+    (the other inputs are zeros; no bias).   [..., K], [out, in], [K] int -> [..., out]
+
+    Only a BF16 weight skips the other columns (``bf16.linear_columns`` reads them from its transpose). A plain
+    array's columns are strided, and picking 5 % of them out of an E2B ``down_proj`` took 9.8 ms against
+    2.7 ms for the whole BLAS product: so the inputs are put back among zeros and the whole matrix is used."""
     if isinstance(weight, BF16Weight):
         return bf16_linear_columns(x, weight, cols)
-    return x @ weight[:, cols].astype(x.dtype, copy=False).T
+    full = np.zeros((*x.shape[:-1], weight.shape[1]), dtype=x.dtype)           # [..., in]
+    full[..., cols] = x
+    return full @ weight.astype(x.dtype, copy=False).T
 
 
 def prepare_columns(weight) -> None:

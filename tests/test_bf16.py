@@ -20,7 +20,7 @@ import pytest
 from minig3n import accel, bf16
 from minig3n.attention import KeyBand, attend, attend_blocks
 from minig3n.checkpoint import Checkpoint
-from minig3n.ops import linear
+from minig3n.ops import linear, linear_columns
 from tests.golden_io import rel_err
 
 TINY = "weights/tiny-random-gemma3n"
@@ -96,7 +96,8 @@ def test_linear_columns_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch
     """``bf16.linear_columns`` (the sparse MLP's down projection from the kept units: serial and parallel
     column kernels, 4 columns per pass and the ragged rest; or the NumPy twin) against the full product with
     zeros at the other inputs and against the float64 product; tolerance GEMV_TOL. float64 input: the exact
-    product of the listed columns."""
+    product of the listed columns. ``ops.linear_columns`` on a plain float32 array: exactly the whole product
+    with the zeros filled in."""
     monkeypatch.setenv(accel.ENV, mode)
     rng = np.random.default_rng(shape[1] + kept)
     bits = random_bits(rng, shape)
@@ -115,6 +116,8 @@ def test_linear_columns_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch
         assert rel_err(got, linear(full, w)) <= GEMV_TOL
         assert rel_err(got, exact) <= GEMV_TOL
         assert np.array_equal(bf16.linear_columns(x.astype(np.float64), w, cols), exact)
+        plain = linear_columns(x, bf16.widen(bits), cols)    # a float32 array: zeros filled in, whole product
+        assert np.array_equal(plain, full @ bf16.widen(bits).T) and rel_err(got, plain) <= GEMV_TOL
     with pytest.raises(ValueError, match="3 inputs for 2 listed columns"):
         bf16.linear_columns(np.ones((1, 3), np.float32), w, np.arange(2))
 

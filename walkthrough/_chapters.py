@@ -1445,7 +1445,9 @@ The columns need one more idea. Memory is read in 64-byte cache lines, 32 BF16 v
 its cache lines, so reading "only the kept columns" of the matrix as stored reads nearly all of it. Stored
 column by column (the transpose [I, D], `BF16Weight.columns()`), a kept column is one contiguous run of D
 values. minig3n makes that copy for the sparse layers' BF16 `down_proj` the first time the whole matrix is
-read (usually by the prompt): memory traded for speed, the matrix once more.
+read (usually by the prompt): memory traded for speed, the matrix once more. (A plain float32 or float64
+array, as here, gets no copy: `linear_columns` puts the zeros back and multiplies the whole matrix, which
+BLAS does faster than picking the columns out.)
 '''),
     code(r'''
 from minig3n.config import e2b_config
