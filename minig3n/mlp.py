@@ -16,8 +16,8 @@ value per row, and 5% of the columns touch nearly every cache line of the matrix
 is read through its transpose (``BF16Weight.columns``: the matrix once more, stored column by column, where
 a column is one contiguous run), made right after the first call that reads the whole matrix (usually the
 prompt's); a plain array is still multiplied whole, the zeros put back. On E2B the two skip about 640 MB of
-the 4.8 GB of weights a decode step reads, for 335 MB more memory. (The reference multiplies by the zeros instead; the kept units' values are the same dot products,
-summed in another order.)
+the 4.8 GB of weights a decode step reads, for 335 MB more memory. (The reference multiplies by the zeros
+instead; the kept units' values are the same dot products, summed in another order.)
 
 Source: transformers 5.24 ``Gemma3nTextMLP`` / ``_gaussian_topk``; the "Spark Transformer" statistical
 top-k (Gemma 3n tech report); docs/NUMERICS.md §1.7.

@@ -114,7 +114,7 @@ def linear_columns(x, weight, cols):
 
 def prepare_columns(weight) -> None:
     """Make the column-by-column copy ``linear_columns`` reads from a BF16 weight now (``BF16Weight.columns``,
-    kept with the weight); nothing for a plain array, whose columns ``linear_columns`` picks out directly."""
+    kept with the weight); nothing for a plain array, which ``linear_columns`` multiplies whole."""
     if isinstance(weight, BF16Weight):
         weight.columns()
 
