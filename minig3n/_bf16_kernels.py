@@ -65,6 +65,13 @@ def _dot4(x, n, bits, r0, r1, r2, r3):
     return s0, s1, s2, s3
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block_step(n, blocks, multiple):
+    """Items per block when ``n`` items are cut into ``blocks`` blocks of a whole number of ``multiple``s
+    (the last block may be short or, for small n, empty: callers skip blocks that start at or past n)."""
+    return ((n + blocks - 1) // blocks + multiple - 1) // multiple * multiple
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def gemv_rows(x, bits, y, o0, o1):
     """y[n, o] = sum_i widen1(bits[o, i]) * x[n, i] for o in [o0, o1), float32 sums (vectorised).
@@ -93,7 +100,7 @@ def gemv_parallel(x, bits, y):
     """The GEMV with the output rows cut into 64 blocks (multiples of 4 rows) shared out over the threads."""
     O = bits.shape[0]
     blocks = min(O, 64)
-    step = ((O + blocks - 1) // blocks + 3) // 4 * 4
+    step = _block_step(O, blocks, 4)
     for b in numba.prange(blocks):
         if b * step < O:
             gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step))
@@ -124,7 +131,7 @@ def gather_parallel(x, bits, rows, y):
     """``gather_rows`` with the listed rows cut into 16 blocks shared out over the threads."""
     K = rows.shape[0]
     blocks = min(K, 16)
-    step = ((K + blocks - 1) // blocks + 3) // 4 * 4
+    step = _block_step(K, blocks, 4)
     for b in numba.prange(blocks):
         if b * step < K:
             gather_rows(x, bits, rows, y, b * step, min(K, (b + 1) * step))
@@ -225,7 +232,7 @@ def columns_parallel(x, bits_t, cols, y, blocks):
     keeps more of the memory busy.)"""
     H = bits_t.shape[1]
     blocks = max(1, min(blocks, H // 64))
-    step = ((H + blocks - 1) // blocks + 15) // 16 * 16
+    step = _block_step(H, blocks, 16)
     for b in numba.prange(blocks):
         if b * step < H:
             columns_rows(x, bits_t, cols, y, b * step, min(H, (b + 1) * step))
