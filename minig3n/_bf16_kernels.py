@@ -10,7 +10,9 @@ With it the GEMV's inner loop is ``s += widen1(bits[o, i]) * x[n, i]``, which LL
 2 bytes each, and never written anywhere. The GEMV takes four weight rows per pass (``_dot4``: four
 accumulators, four weight streams, each x value loaded once). (The kernel before widened each row into a uint32
 buffer, then took the dot product from the buffer: two loops per row, 8-17 GB/s, below the memory's 30+ GB/s.)
-``gather_*`` is the same GEMV over a list of rows (the sparse MLP's up projection, ``mlp.py``).
+``gather_*`` is the same GEMV over a list of rows (the sparse MLP's up projection, ``mlp.py``); ``columns_*``
+the product with a list of columns, read from the transpose; ``masked_*`` and ``nonzero_*`` the same two for
+a prompt, where each token keeps its own units.
 
 Threads: ``prange`` over blocks of output rows, numba's thread count (``NUMBA_NUM_THREADS``, default the
 number of cores). Threading layer: numba's own choice (tbb, then OpenMP, then workqueue) unless
@@ -191,31 +193,46 @@ def _tile4x4(x, bits, y, n0, r0):
     y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33
 
 
+ADD_CHUNK = 64     # listed rows summed into a fresh partial before it is added to the total (_add_rows)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _add_rows(acc, part, vals, bits_t, cols, K, h0):
+    """acc[j] = sum_k vals[k] * widen1(bits_t[cols[k], h0 + j]) over the first K listed rows, j over acc. Four
+    listed rows per pass (four contiguous runs of ``bits_t`` in flight at once, widened and multiply-added
+    into ``part``, which stays in L1; vectorised over j). Two-level sum: each ``ADD_CHUNK`` rows go into a
+    fresh ``part``, added to ``acc`` at the end of the chunk, so a long list (a dense input of 8192 values)
+    is not one sequential float32 sum (which drifted to 3e-6 relative; two levels stay near 1e-6)."""
+    W = acc.shape[0]
+    acc[:] = 0.0
+    for c0 in range(0, K, ADD_CHUNK):
+        c1 = min(K, c0 + ADD_CHUNK)
+        part[:] = 0.0
+        k = c0
+        while k + 4 <= c1:
+            x0, x1, x2, x3 = vals[k], vals[k + 1], vals[k + 2], vals[k + 3]
+            r0, r1 = bits_t[cols[k], h0:h0 + W], bits_t[cols[k + 1], h0:h0 + W]
+            r2, r3 = bits_t[cols[k + 2], h0:h0 + W], bits_t[cols[k + 3], h0:h0 + W]
+            for j in range(W):
+                part[j] += (x0 * widen1(r0[j]) + x1 * widen1(r1[j])) + (x2 * widen1(r2[j]) + x3 * widen1(r3[j]))
+            k += 4
+        for m in range(k, c1):                             # the ragged rest: one row at a time
+            xm, r = vals[m], bits_t[cols[m], h0:h0 + W]
+            for j in range(W):
+                part[j] += xm * widen1(r[j])
+        for j in range(W):
+            acc[j] += part[j]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def columns_rows(x, bits_t, cols, y, h0, h1):
     """y[n, h] = sum_k x[n, k] * widen1(bits_t[cols[k], h]) for h in [h0, h1): the product with the listed
-    columns of W, read as rows of its transpose ``bits_t`` [in, out] (W's own columns are strided). Four
-    listed rows per pass: four contiguous runs of ``bits_t`` in flight at once, widened and multiply-added
-    into a float32 accumulator that stays in L1 (vectorised over h). The sum over k runs in list order, four
-    terms at a time. Measured (410 of 8192 rows, out = 2048, 2 threads): 99 us, against 142 us one row per
-    pass and 470 us adding into ``y`` directly."""
-    W = h1 - h0
-    acc = np.empty(W, np.float32)
-    K = cols.shape[0]
+    columns of W, read as rows of its transpose ``bits_t`` [in, out] (W's own columns are strided), through
+    ``_add_rows``. Measured (410 of 8192 rows, out = 2048, 2 threads): 99 us, against 142 us one row per pass
+    and 470 us adding into ``y`` directly."""
+    acc, part = np.empty(h1 - h0, np.float32), np.empty(h1 - h0, np.float32)
     for n in range(x.shape[0]):
-        acc[:] = 0.0
-        k = 0
-        while k + 4 <= K:
-            x0, x1, x2, x3 = x[n, k], x[n, k + 1], x[n, k + 2], x[n, k + 3]
-            r0, r1 = bits_t[cols[k], h0:h1], bits_t[cols[k + 1], h0:h1]
-            r2, r3 = bits_t[cols[k + 2], h0:h1], bits_t[cols[k + 3], h0:h1]
-            for j in range(W):
-                acc[j] += (x0 * widen1(r0[j]) + x1 * widen1(r1[j])) + (x2 * widen1(r2[j]) + x3 * widen1(r3[j]))
-            k += 4
-        for m in range(k, K):                              # the ragged rest: one row at a time
-            xm, r = x[n, m], bits_t[cols[m], h0:h1]
-            for j in range(W):
-                acc[j] += xm * widen1(r[j])
+        _add_rows(acc, part, x[n], bits_t, cols, cols.shape[0], h0)
         y[n, h0:h1] = acc
 
 
@@ -236,6 +253,85 @@ def columns_parallel(x, bits_t, cols, y, blocks):
     for b in numba.prange(blocks):
         if b * step < H:
             columns_rows(x, bits_t, cols, y, b * step, min(H, (b + 1) * step))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def nonzero_rows(x, bits_t, y, n0, n1):
+    """y[n] = sum over the k with x[n, k] != 0 of x[n, k] * widen1(bits_t[k]) for the tokens n in [n0, n1): the
+    product ``x W^T`` read from W's transpose ``bits_t`` [in, out], skipping every zero input (a zero adds
+    nothing). Per token: its nonzero inputs listed, then ``_add_rows`` over the whole output. The prompt's
+    down projection on a sparse layer, where each token keeps its own 5 % of the units (``mlp.py``)."""
+    I, H = bits_t.shape
+    acc, part = np.empty(H, np.float32), np.empty(H, np.float32)
+    cols = np.empty(I, np.int64)
+    vals = np.empty(I, np.float32)
+    for n in range(n0, n1):
+        c = 0
+        for k in range(I):
+            if x[n, k] != 0:
+                cols[c], vals[c] = k, x[n, k]
+                c += 1
+        _add_rows(acc, part, vals, bits_t, cols, c, 0)
+        y[n] = acc
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def nonzero_parallel(x, bits_t, y):
+    """``nonzero_rows`` with the tokens cut into blocks (up to 64) shared out over the threads."""
+    N = x.shape[0]
+    blocks = min(N, 64)
+    step = _block_step(N, blocks, 1)
+    for b in numba.prange(blocks):
+        if b * step < N:
+            nonzero_rows(x, bits_t, y, b * step, min(N, (b + 1) * step))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _dot4_tokens(x, n0, n1, n2, n3, bits, r):
+    """The dot products of weight row r with tokens n0..n3 in one pass: each weight value loaded and widened
+    once for the four (vectorised)."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for i in range(x.shape[1]):
+        w = widen1(bits[r, i])
+        s0 += x[n0, i] * w
+        s1 += x[n1, i] * w
+        s2 += x[n2, i] * w
+        s3 += x[n3, i] * w
+    return s0, s1, s2, s3
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def masked_rows(x, bits, keep_t, y, u0, u1):
+    """y[n, u] = sum_i x[n, i] * widen1(bits[u, i]) where keep_t[u, n], for the weight rows u in [u0, u1); the
+    other entries of y are not written. Row by row: the tokens that keep it listed, then their dot products
+    four tokens per pass (``_dot4_tokens``), so each row is read once however many tokens keep it. The
+    prompt's up projection on a sparse layer (``mlp.py``)."""
+    N = x.shape[0]
+    picked = np.empty(N, np.int64)
+    for u in range(u0, u1):
+        c = 0
+        for n in range(N):
+            if keep_t[u, n]:
+                picked[c] = n
+                c += 1
+        j = 0
+        while j + 4 <= c:
+            n0, n1, n2, n3 = picked[j], picked[j + 1], picked[j + 2], picked[j + 3]
+            y[n0, u], y[n1, u], y[n2, u], y[n3, u] = _dot4_tokens(x, n0, n1, n2, n3, bits, u)
+            j += 4
+        for m in range(j, c):                              # the ragged rest: one token at a time
+            y[picked[m], u] = _dot(x, bits, picked[m], u)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def masked_parallel(x, bits, keep_t, y):
+    """``masked_rows`` with the weight rows cut into 64 blocks shared out over the threads."""
+    U = bits.shape[0]
+    blocks = min(U, 64)
+    step = _block_step(U, blocks, 1)
+    for b in numba.prange(blocks):
+        if b * step < U:
+            masked_rows(x, bits, keep_t, y, b * step, min(U, (b + 1) * step))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

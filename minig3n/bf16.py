@@ -15,6 +15,11 @@ bits, a read-only view into the memory map, and its shape) and ``ops.linear`` mu
   ``linear_rows`` is the same over a list of rows (``gather_*``; twin ``gather_numpy``); ``linear_columns``
   over a list of columns, read as rows of the matrix's transpose (``BF16Weight.columns``, made once;
   ``columns_*``; twin ``columns_numpy``).
+* **many rows, each its own few entries** (a prompt on a sparse MLP layer): ``linear_masked`` computes only
+  the (token, output) pairs a mask keeps, each weight row with the tokens that keep it (``masked_*``);
+  ``linear_nonzero`` takes each token's product from its nonzero inputs only, reading their rows of the
+  transpose (``nonzero_*``). Twins ``masked_numpy`` / ``nonzero_numpy``: the whole product (``blocked``), then
+  the mask; the zero inputs multiply their columns to nothing.
 * **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows per thread,
   16 tokens at a time, 4-token x 4-row register tiles that widen as they load (175-190 GFLOP/s on this
   project's 2-core machines, OpenBLAS's float32 sgemm 140-185). NumPy twin ``blocked``: blocks of
@@ -164,6 +169,57 @@ def linear_columns(x: np.ndarray, w: BF16Weight, cols: np.ndarray) -> np.ndarray
     return y.reshape(*lead, w.shape[0])
 
 
+def linear_masked(x: np.ndarray, w: BF16Weight, keep: np.ndarray) -> np.ndarray:
+    """``x W^T`` at the (token, output) pairs ``keep`` marks, zeros at the others: each weight row read once,
+    multiplied only with the tokens that keep it.   [..., in], [out, in], [..., out] bool -> [..., out] float32
+    (x float32). Used by ``mlp`` for a prompt's up projection on a sparse layer (each token keeps its own
+    few units). numba: ``_bf16_kernels.masked_*``; NumPy twin: ``masked_numpy``."""
+    lead, I = x.shape[:-1], x.shape[-1]
+    if keep.shape != (*lead, w.shape[0]):
+        raise ValueError(f"linear_masked: keep has shape {list(keep.shape)}, expected {[*lead, w.shape[0]]}")
+    if x.dtype != np.float32:
+        return np.where(keep, x @ widen(w.bits).astype(x.dtype).T, x.dtype.type(0.0))
+    x2 = np.ascontiguousarray(x.reshape(-1, I))                        # [N, in]
+    keep2 = keep.reshape(x2.shape[0], w.shape[0])                      # [N, out]
+    if accel.mode() == "numba":
+        y = np.zeros((x2.shape[0], w.shape[0]), dtype=np.float32)
+        _kernels().masked_parallel(x2, w.bits, np.ascontiguousarray(keep2.T), y)   # keep by row: [out, N]
+    else:
+        y = masked_numpy(x2, w.bits, keep2)
+    return y.reshape(*lead, w.shape[0])
+
+
+def linear_nonzero(x: np.ndarray, w: BF16Weight) -> np.ndarray:
+    """``x W^T`` reading, for each token, only the columns of W whose input is not zero (a zero input adds
+    nothing).   [..., in], [out, in] -> [..., out] float32 (x float32). Used by ``mlp`` for a prompt's down
+    projection on a sparse layer. The columns are read as rows of ``w.columns()`` (made on the first call).
+    numba: ``_bf16_kernels.nonzero_*``; NumPy twin: ``nonzero_numpy``."""
+    lead, I = x.shape[:-1], x.shape[-1]
+    if I != w.shape[1]:
+        raise ValueError(f"linear_nonzero: input width {I} does not match the weight's {list(w.shape)}")
+    if x.dtype != np.float32:
+        return x @ widen(w.bits).astype(x.dtype).T
+    x2 = np.ascontiguousarray(x.reshape(-1, I))                        # [N, in]
+    if accel.mode() == "numba":
+        y = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
+        _kernels().nonzero_parallel(x2, w.columns(), y)
+    else:
+        y = nonzero_numpy(x2, w.bits)
+    return y.reshape(*lead, w.shape[0])
+
+
+def masked_numpy(x: np.ndarray, bits: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """NumPy twin of the masked kernel: the whole product (``blocked``), then zeros where ``keep`` is False.
+    [N, in] float32, [out, in] uint16, [N, out] bool -> [N, out]"""
+    return np.where(keep, blocked(x, bits), np.float32(0.0))
+
+
+def nonzero_numpy(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """NumPy twin of the nonzero kernel: the whole product (``blocked``; the zero inputs multiply their columns
+    to nothing).   [N, in] float32, [out, in] uint16 -> [N, out]"""
+    return blocked(x, bits)
+
+
 def columns_numpy(x: np.ndarray, bits_t: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """NumPy twin of the columns kernel: the listed rows of the transpose copied out, widened, one BLAS
     product.   [N, K] float32, [in, out] uint16, [K] -> [N, out]"""
@@ -257,3 +313,6 @@ def load_kernels() -> None:
     w = BF16Weight(bits)
     linear_columns(np.zeros((1, 4), np.float32), w, picked)                  # transpose + columns_serial
     k.columns_parallel(np.zeros((1, 4), np.float32), w.columns(), picked, np.empty((1, 8), np.float32), 1)
+    x, y = np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32)
+    k.masked_parallel(x, bits, np.zeros((8, 2), np.bool_), y)             # a prompt's sparse MLP (mlp.py)
+    k.nonzero_parallel(np.zeros((2, 16), np.float32), w.columns(), np.empty((2, 8), np.float32))

@@ -16,6 +16,8 @@ import numpy as np
 from .bf16 import BF16Weight
 from .bf16 import linear as bf16_linear
 from .bf16 import linear_columns as bf16_linear_columns
+from .bf16 import linear_masked as bf16_linear_masked
+from .bf16 import linear_nonzero as bf16_linear_nonzero
 from .bf16 import linear_rows as bf16_linear_rows
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))   # 0.7978846 as float32, the reference's constant
@@ -110,6 +112,25 @@ def linear_columns(x, weight, cols):
     full = np.zeros((*x.shape[:-1], weight.shape[1]), dtype=x.dtype)           # [..., in]
     full[..., cols] = x
     return full @ weight.astype(x.dtype, copy=False).T
+
+
+def linear_masked(x, weight, keep):
+    """``x W^T`` where ``keep`` is True, zeros elsewhere (no bias).   [..., in], [out, in], [..., out] bool ->
+    [..., out]
+
+    A BF16 weight multiplies each row only with the tokens that keep it (``bf16.linear_masked``); a plain array
+    is multiplied whole and the rest set to zero (the same values where kept)."""
+    if isinstance(weight, BF16Weight):
+        return bf16_linear_masked(x, weight, keep)
+    return np.where(keep, linear(x, weight), x.dtype.type(0.0))
+
+
+def linear_nonzero(x, weight):
+    """``x W^T`` (no bias), where a BF16 weight reads, for each token, only the columns of its nonzero inputs
+    (``bf16.linear_nonzero``); a plain array is multiplied whole.   [..., in], [out, in] -> [..., out]"""
+    if isinstance(weight, BF16Weight):
+        return bf16_linear_nonzero(x, weight)
+    return linear(x, weight)
 
 
 def prepare_columns(weight) -> None:

@@ -20,7 +20,7 @@ import pytest
 from minig3n import accel, bf16
 from minig3n.attention import KeyBand, attend, attend_blocks
 from minig3n.checkpoint import Checkpoint
-from minig3n.ops import linear, linear_columns
+from minig3n.ops import linear, linear_columns, linear_masked, linear_nonzero
 from tests.golden_io import rel_err
 
 TINY = "weights/tiny-random-gemma3n"
@@ -120,6 +120,83 @@ def test_linear_columns_kernel_matches_numpy_twin(shape, kept, mode, monkeypatch
         assert np.array_equal(plain, full @ bf16.widen(bits).T) and rel_err(got, plain) <= GEMV_TOL
     with pytest.raises(ValueError, match="3 inputs for 2 listed columns"):
         bf16.linear_columns(np.ones((1, 3), np.float32), w, np.arange(2))
+
+
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+@pytest.mark.parametrize("share", [0.0, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("shape,n", [((8192, 2048), 40), ((301, 130), 9), ((7, 1), 2), ((5, 64), 130)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_linear_masked_kernel_matches_numpy_twin(shape, n, share, mode, monkeypatch):
+    """``bf16.linear_masked`` (a prompt's up projection on a sparse layer: each weight row with the tokens that
+    keep it, four tokens per pass and the ragged rest; or the NumPy twin): exact zeros where ``keep`` is
+    False; where True, against the whole product and the float64 product, tolerance GEMV_TOL. float64 input
+    and ``ops.linear_masked`` on a plain array: exactly the masked whole product."""
+    monkeypatch.setenv(accel.ENV, mode)
+    rng = np.random.default_rng(shape[0] + n)
+    bits = random_bits(rng, shape)
+    w = bf16.BF16Weight(bits)
+    x = rng.standard_normal((1, n, shape[1]), dtype=np.float32)
+    keep = rng.random((1, n, shape[0])) < share                           # each token its own units
+    got = bf16.linear_masked(x, w, keep)
+    assert got.shape == (1, n, shape[0]) and got.dtype == np.float32
+    assert not got[~keep].any()                                          # dropped: exact zeros
+    exact = np.where(keep, x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T, 0.0)
+    assert rel_err(got, np.where(keep, linear(x, w), 0)) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
+    assert np.array_equal(bf16.linear_masked(x.astype(np.float64), w, keep), exact)
+    plain = linear_masked(x, bf16.widen(bits), keep)                      # a float32 array: the masked whole
+    assert np.array_equal(plain, np.where(keep, x @ bf16.widen(bits).T, 0))
+    with pytest.raises(ValueError, match=r"keep has shape \[1, 1, 3\], expected"):
+        bf16.linear_masked(x, w, keep[:, :1, :3])
+
+
+@pytest.mark.parametrize("mode", ["numba", "numpy"])
+@pytest.mark.parametrize("share", [0.0, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("shape,n", [((2048, 8192), 40), ((130, 301), 9), ((1, 7), 2), ((64, 5), 130)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_linear_nonzero_kernel_matches_numpy_twin(shape, n, share, mode, monkeypatch):
+    """``bf16.linear_nonzero`` (a prompt's down projection on a sparse layer: per token, only the columns of
+    its nonzero inputs, read from the transpose, four per pass and the ragged rest; or the NumPy twin) against
+    the whole product and the float64 product, tolerance GEMV_TOL; a token with no nonzero input gives exact
+    zeros. float64 input and ``ops.linear_nonzero`` on a plain array: exactly the whole product."""
+    monkeypatch.setenv(accel.ENV, mode)
+    rng = np.random.default_rng(shape[1] + n)
+    bits = random_bits(rng, shape)
+    w = bf16.BF16Weight(bits)
+    x = rng.standard_normal((1, n, shape[1]), dtype=np.float32)
+    x[rng.random(x.shape) >= share] = 0.0                                 # each token its own nonzero inputs
+    x[0, 0] = 0.0                                                         # and one token with none
+    got = bf16.linear_nonzero(x, w)
+    assert got.shape == (1, n, shape[0]) and got.dtype == np.float32
+    assert not got[0, 0].any()
+    exact = x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T
+    if x.any():
+        assert rel_err(got, linear(x, w)) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
+    else:
+        assert not got.any()
+    assert np.array_equal(bf16.linear_nonzero(x.astype(np.float64), w), exact)
+    assert np.array_equal(linear_nonzero(x, bf16.widen(bits)), x @ bf16.widen(bits).T)
+    with pytest.raises(ValueError, match="input width"):
+        bf16.linear_nonzero(x[..., 1:], w)
+
+
+def test_sparse_mlp_paths_bf16_vs_widened(monkeypatch):
+    """A sparse layer's MLP at E2B's widths with BF16 weights (numba kernels) against the same weights widened
+    to float32 arrays (the dense products, zeros multiplied), tolerance GEMV_TOL; for a prompt (each token
+    keeps about 5 % of the units, together most of them: ``linear_masked`` + ``linear_nonzero``) and for
+    one token (``linear_rows`` + ``linear_columns``)."""
+    from minig3n.mlp import LIVE_FRACTION, gaussian_topk, mlp
+    monkeypatch.setenv(accel.ENV, "numba")
+    rng = np.random.default_rng(7)
+    D, I = 2048, 8192
+    p = {k: bf16.BF16Weight(random_bits(rng, s)) for k, s in
+         (("gate_proj.weight", (I, D)), ("up_proj.weight", (I, D)), ("down_proj.weight", (D, I)))}
+    plain = {k: bf16.widen(w.bits) for k, w in p.items()}
+    x = rng.standard_normal((1, 40, D), dtype=np.float32)
+    kept = gaussian_topk(x @ plain["gate_proj.weight"].T, 0.95) > 0                     # [1, 40, I]
+    assert kept.mean() <= LIVE_FRACTION < kept.any(axis=(0, 1)).mean()                 # the prompt path
+    for xs in (x, x[:, :1]):
+        got = mlp(xs, p, 0.95)
+        assert rel_err(got, mlp(xs, plain, 0.95)) <= GEMV_TOL
 
 
 @pytest.mark.parametrize("mode", ["numba", "numpy"])

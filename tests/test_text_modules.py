@@ -137,7 +137,8 @@ def test_mlp_golden(name):
 def test_mlp_golden_one_token_at_a_time():
     """Decode computes the MLP one token at a time, and then a sparse layer takes the up rows and the down
     columns of the kept units only (``mlp.LIVE_FRACTION``; the fixture's 28 tokens together keep 62 % of the
-    units, so the golden test above runs the dense path). Each token alone against its row of the same fixture, same tolerances:
+    units, so the golden test above runs the prompt's path: plain arrays, the whole products with the zeros).
+    Each token alone against its row of the same fixture, same tolerances:
     the kept units' products are the same, the dropped ones are exact zeros either way."""
     from minig3n import mlp as mlp_mod
     g = load_golden("text_mlp_sparse")

@@ -1438,7 +1438,10 @@ A unit whose shifted gate is cut contributes $\mathrm{GELU}(0) \cdot (W_{\text{u
 of `up_proj` and its column of `down_proj` need not be read at all. When the units some token keeps are at
 most `mlp.LIVE_FRACTION` (a quarter) of I, which is always the case for one token at a time (decode), `mlp`
 computes the up projection of the kept rows only (`ops.linear_rows`) and the down projection from the kept
-columns only (`ops.linear_columns`). The reference multiplies by the zeros instead; the results agree.
+columns only (`ops.linear_columns`). A prompt's tokens each keep their own 5 %, which together cover most of
+the units; there `mlp` computes the up projection at each token's kept units only (`ops.linear_masked`: each
+row with the tokens that keep it) and each token's down projection from its own nonzero inputs
+(`ops.linear_nonzero`). The reference multiplies by the zeros instead; the results agree.
 
 The columns need one more idea. Memory is read in 64-byte cache lines, 32 BF16 values, and a column of
 `down_proj` [D, I] is one value in each row. Scattered over a row, the kept 5 % of the columns land in most of
@@ -1459,6 +1462,9 @@ print(f"one token: {len(kept1)} of {gate1.shape[-1]} units kept: {len(kept1)} ro
       f"{len(kept1)} columns of down_proj read")
 dense = linear(gelu_tanh(gate1) * linear(x1, g.weights["up_proj.weight"]), g.weights["down_proj.weight"])
 check("mlp, kept up rows and down columns only, vs the dense formula", mlp.mlp(x1, g.weights, 0.95), dense, 1e-14)
+kept_all = mlp.gaussian_topk(linear(g.inputs["x"].astype(np.float64), g.weights["gate_proj.weight"]), 0.95) > 0
+print(f"the prompt's {kept_all.shape[1]} tokens: each keeps {kept_all.mean(axis=-1).mean():.1%} of the units on "
+      f"average, together {kept_all.any(axis=(0, 1)).mean():.0%} of them")
 
 t = e2b_config().text
 I = t.intermediate_size[0]
