@@ -3,7 +3,13 @@
 Models are built in-process (``tests/reference/text_models.py``), saved with ``save_pretrained`` into
 ``tmp_path`` and loaded by minig3n's checkpoint reader, so the loader is part of what is checked.
 Tolerances: float64 (reference lifted, numerics doc section 8) <= 1e-10 relative; float32 <= 1e-4 on logits
-with identical argmax.
+with identical argmax, unless the model itself is noisier than that in float32: the bound is then twice the
+reference's own float32 error (its float32 logits against its lifted float64 ones), because two float32
+computations of the same logits in different summation orders can each land that far from the float64
+values, on opposite sides. minig3n's float32 logits must also be within that bound of the float64 ones.
+(Seed 12 of ``all_full_shared``, every layer sparse: the reference's float32 logits are 1.4e-4 from its float64
+ones; minig3n's 1.0e-4 with OpenBLAS's Haswell kernel, 1.3e-4 with SkylakeX; the two float32 results are
+1.6e-4 and 1.0e-5 apart. On the other configurations the reference's own float32 error is 2e-6 to 3e-5.)
 """
 import numpy as np
 import pytest
@@ -40,8 +46,10 @@ def _ids(vocab, B=2, T=20, pad=5, seed=0):
 
 def _check(ours32, ours64, ref32, ref64):
     e64, e32 = rel_err(ours64, ref64), rel_err(ours32, ref32)
+    bound = max(1e-4, 2 * rel_err(ref32, ref64))  # the model's own float32 noise (module docstring)
     assert e64 <= 1e-10, f"float64 {e64:.3g}"
-    assert e32 <= 1e-4, f"float32 {e32:.3g}"
+    assert e32 <= bound, f"float32 {e32:.3g} > {bound:.3g}"
+    assert rel_err(ours32, ref64) <= bound, f"float32 vs float64 {rel_err(ours32, ref64):.3g} > {bound:.3g}"
     assert (ours32.argmax(-1) == ref32.argmax(-1)).all()
     return e64, e32
 
