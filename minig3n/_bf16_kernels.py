@@ -202,7 +202,8 @@ def _add_rows(acc, part, vals, bits_t, cols, K, h0):
     listed rows per pass (four contiguous runs of ``bits_t`` in flight at once, widened and multiply-added
     into ``part``, which stays in L1; vectorised over j). Two-level sum: each ``ADD_CHUNK`` rows go into a
     fresh ``part``, added to ``acc`` at the end of the chunk, so a long list (a dense input of 8192 values)
-    is not one sequential float32 sum (which drifted to 3e-6 relative; two levels stay near 1e-6)."""
+    is not one sequential float32 sum (2048 x 8192, all inputs nonzero: 3.1e-6 relative that way, 2.3e-7 in
+    two levels)."""
     W = acc.shape[0]
     acc[:] = 0.0
     for c0 in range(0, K, ADD_CHUNK):

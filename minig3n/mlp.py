@@ -14,8 +14,8 @@ up projection of the kept units only (``ops.linear_rows``: their rows) and the d
 kept units only (``ops.linear_columns``: their columns). A column of ``down_proj`` [D, I] is strided, one
 value per row, and 5% of the columns touch nearly every cache line of the matrix; so a BF16 ``down_proj``
 is read through its transpose (``BF16Weight.columns``: the matrix once more, stored column by column, where
-a column is one contiguous run), made right after the first call that reads the whole matrix (usually the
-prompt's); a plain array is still multiplied whole, the zeros put back. On E2B the two skip about 640 MB of
+a column is one contiguous run), made by the prompt's pass (right before its down projection when that
+takes the path below, else right after the whole product); a plain array is still multiplied whole, the zeros put back. On E2B the two skip about 640 MB of
 the 4.8 GB of weights a decode step reads, for 335 MB more memory. A prompt's tokens each keep their own 5%,
 which together cover most units; when at most ``LIVE_FRACTION`` of the (token, unit) pairs are kept, the up
 projection is computed at the kept pairs only (``ops.linear_masked``: each row of ``up_proj`` with the tokens
