@@ -12,7 +12,7 @@ accumulators, four weight streams, each x value loaded once). (The kernel before
 buffer, then took the dot product from the buffer: two loops per row, 8-17 GB/s, below the memory's 30+ GB/s.)
 ``gather_*`` is the same GEMV over a list of rows (the sparse MLP's up projection, ``mlp.py``); ``columns_*``
 the product with a list of columns, read from the transpose; ``masked_*`` and ``nonzero_*`` the same two for
-a prompt, where each token keeps its own units.
+a prompt, where each token keeps its own units. The prefill products are in ``_gemm_kernels``.
 
 Threads: ``prange`` over blocks of output rows, numba's thread count (``NUMBA_NUM_THREADS``, default the
 number of cores). Threading layer: numba's own choice (tbb, then OpenMP, then workqueue) unless
@@ -33,7 +33,11 @@ _FAST = {"reassoc", "contract"}     # lets LLVM vectorise the float32 dot produc
 
 @intrinsic
 def widen1(typingctx, b):
-    """One BF16 value (its uint16 bits) -> float32, exactly: ``float32 bits = uint32(b) << 16``."""
+    """One BF16 value (its uint16 bits) -> float32, exactly: ``float32 bits = uint32(b) << 16``. A float32
+    value comes back as it is, so the same kernels also serve float32 weights (``gemm_parallel`` for the
+    towers' products, ``ops.linear``)."""
+    if b == types.float32:
+        return types.float32(types.float32), lambda context, builder, signature, args: args[0]
     if b != types.uint16:
         return None
 
@@ -137,60 +141,6 @@ def gather_parallel(x, bits, rows, y):
     for b in numba.prange(blocks):
         if b * step < K:
             gather_rows(x, bits, rows, y, b * step, min(K, (b + 1) * step))
-
-
-GEMM_ROWS, GEMM_TOKENS = 32, 16    # prefill blocks: 32 weight rows (one thread) x 16 tokens at a time
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
-def gemm_parallel(x, bits, y):
-    """y = x widen(bits)^T for many tokens (prefill), float32 sums. Blocks of ``GEMM_ROWS`` weight rows are
-    shared out over the threads; inside a block, groups of ``GEMM_TOKENS`` tokens (they stay in L2) meet
-    4-row x 4-token register tiles: 16 dot products in one pass over ``in``, each x and w load shared by 4
-    of them, the BF16 widened as it is loaded (``widen1``), 16 vector accumulators. Ragged edges: one dot
-    product at a time.
-    Measured (quiet, 2 threads, 128 tokens): 8192 x 2048 173 GFLOP/s, 2048 x 8192 177, 2048 x 2048 184,
-    against 142 for OpenBLAS sgemm on a float32 copy of 8192 x 2048 and 162 / 150 / 111 for the kernel
-    before (a 32-row block widened into a float32 buffer first, all tokens per block)."""
-    N, I = x.shape
-    O = bits.shape[0]
-    for b in numba.prange((O + GEMM_ROWS - 1) // GEMM_ROWS):
-        o0, o1 = b * GEMM_ROWS, min(O, (b + 1) * GEMM_ROWS)
-        for n0 in range(0, N, GEMM_TOKENS):
-            n1 = min(N, n0 + GEMM_TOKENS)
-            r = o0
-            while r + 4 <= o1:
-                n = n0
-                while n + 4 <= n1:
-                    _tile4x4(x, bits, y, n, r)
-                    n += 4
-                for m in range(n, n1):                                   # ragged tokens
-                    for q in range(r, r + 4):
-                        y[m, q] = _dot(x, bits, m, q)
-                r += 4
-            for q in range(r, o1):                                       # ragged rows
-                for m in range(n0, n1):
-                    y[m, q] = _dot(x, bits, m, q)
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
-def _tile4x4(x, bits, y, n0, r0):
-    """y[n0:n0+4, r0:r0+4] = x[n0:n0+4] widen(bits[r0:r0+4])^T: 16 float32 accumulators, one pass over in."""
-    z = np.float32(0.0)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
-    for i in range(x.shape[1]):
-        a0, a1, a2, a3 = x[n0, i], x[n0 + 1, i], x[n0 + 2, i], x[n0 + 3, i]
-        w0, w1 = widen1(bits[r0, i]), widen1(bits[r0 + 1, i])
-        w2, w3 = widen1(bits[r0 + 2, i]), widen1(bits[r0 + 3, i])
-        s00 += a0 * w0; s01 += a0 * w1; s02 += a0 * w2; s03 += a0 * w3      # noqa: E702
-        s10 += a1 * w0; s11 += a1 * w1; s12 += a1 * w2; s13 += a1 * w3      # noqa: E702
-        s20 += a2 * w0; s21 += a2 * w1; s22 += a2 * w2; s23 += a2 * w3      # noqa: E702
-        s30 += a3 * w0; s31 += a3 * w1; s32 += a3 * w2; s33 += a3 * w3      # noqa: E702
-    y[n0, r0], y[n0, r0 + 1], y[n0, r0 + 2], y[n0, r0 + 3] = s00, s01, s02, s03
-    y[n0 + 1, r0], y[n0 + 1, r0 + 1], y[n0 + 1, r0 + 2], y[n0 + 1, r0 + 3] = s10, s11, s12, s13
-    y[n0 + 2, r0], y[n0 + 2, r0 + 1], y[n0 + 2, r0 + 2], y[n0 + 2, r0 + 3] = s20, s21, s22, s23
-    y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33
 
 
 ADD_CHUNK = 64     # listed rows summed into a fresh partial before it is added to the total (_add_rows)

@@ -38,13 +38,24 @@ reference in tests/bench/README.md):
 * ``rms_norm2d_add`` (``conv2d.rms_norm2d_add``, issue 12): a block's last norm, its layer scale and its
   skip connection in one pass (no ``h * gamma`` and ``h + x`` temporaries).
 
-Every twin computes the NumPy version's operations in the same order, so the results are identical in the
-tests (``tests/test_accel.py`` allows 1e-6 / 1e-12 relative, for a compiler that would fuse a multiply-add).
+Every twin above computes the NumPy version's operations in the same order, so the results are identical
+in the tests (``tests/test_accel.py`` allows 1e-6 / 1e-12 relative, for a compiler that would fuse a
+multiply-add).
 
-Left out, because numba does not pay there: the audio encoder (about 87 % of its time on 30 s of audio is
-BLAS matmuls; SiLU, the group norm and the light conv are in-place NumPy instead); a compiled ``tanh``/``exp``
-(NumPy's SIMD ``tanh``/``exp`` are 4-5x faster than the scalar libm calls numba makes without SVML); the
-im2col copy before the dense convs (a memory copy already); and parallel loops (``parallel=False``: the
+* ``linear`` (``ops.linear``, issue 12): the float32 matrix products of the audio tower (and
+  of float32 checkpoints' prompts), at least 64 tokens, on the BF16 kernels' 6-row x 64-token tiles
+  (``_gemm_kernels.gemm_parallel``, which takes float32 weights as they are, on numba's threads). The twin of
+  ``x @ W.T`` is BLAS, which orders its float32 sums its own way: the two agree to a few 1e-7 relative, not
+  exactly (``tests/test_bf16.py``: 2e-6). Why: the audio encoder is mostly these products, and on the
+  2-core machines here the tiles ran 320-380 GFLOP/s on its shapes against OpenBLAS's 130-250
+  (tests/bench/README.md).
+
+Left out, because numba does not pay there: the vision tower's 1x1 convs (channels-first ``W @ x`` with
+many pixels and few channels: the same tiles, parallel over pixel groups, ran 100-170 GFLOP/s against BLAS's
+150-170 on its shapes, and made the encoder slower); the audio encoder's other steps (SiLU, the group norm
+and the light conv are in-place NumPy instead); a compiled ``tanh``/``exp`` (NumPy's SIMD ``tanh``/``exp``
+are 4-5x faster than the scalar libm calls numba makes without SVML); the im2col copy before the dense convs
+(a memory copy already); and parallel loops in the twins before ``linear`` (``parallel=False``: the
 machine's cores are shared, and the BLAS calls around these kernels have threads).
 """
 from __future__ import annotations
@@ -307,3 +318,26 @@ def _rms_norm2d_add_loops(x, w, g, r, has_res, y, count, eps, one):
             else:
                 for n in range(N):
                     out[n] = row[n] * ms[n] * wc * gc
+
+
+# ----------------------------------------------------------------------------------------------------
+# float32 matrix product (twin of ``x @ W.T`` in ops.linear)
+# ----------------------------------------------------------------------------------------------------
+MIN_ROWS = 64       # fewer tokens than one group of _gemm_kernels' tiles: BLAS
+
+
+def use_matmul(x, w, rows: int) -> bool:
+    """True when the compiled float32 product should run: float32 ``x`` and 2-D float32 ``w``, at least
+    ``MIN_ROWS`` tokens, numba mode."""
+    return (x.dtype == np.float32 and w.dtype == np.float32 and w.ndim == 2 and rows >= MIN_ROWS
+            and mode() == "numba")
+
+
+def linear(x, w):
+    """``x @ w.T`` for float32 x [N, in], w [out, in] (``ops.linear``): ``_gemm_kernels.gemm_parallel``.
+    [N, in] -> [N, out]"""
+    from . import _gemm_kernels                          # numba is importable: mode() said "numba"
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)                   # [N, out]
+    _gemm_kernels.gemm_parallel(x, w, y)
+    return y

@@ -20,9 +20,11 @@ bits, a read-only view into the memory map, and its shape) and ``ops.linear`` mu
   ``linear_nonzero`` takes each token's product from its nonzero inputs only, reading their rows of the
   transpose (``nonzero_*``). Twins ``masked_numpy`` / ``nonzero_numpy``: the whole product (``blocked``), then
   the mask; the zero inputs multiply their columns to nothing.
-* **many rows** (prefill): with numba, ``_bf16_kernels.gemm_parallel``: blocks of 32 weight rows per thread,
-  16 tokens at a time, 4-token x 4-row register tiles that widen as they load (175-190 GFLOP/s on this
-  project's 2-core machines, OpenBLAS's float32 sgemm 140-185). NumPy twin ``blocked``: blocks of
+* **many rows** (prefill): with numba, ``_gemm_kernels.gemm_parallel``: groups of 64 tokens, transposed
+  once, meet blocks of 48 weight rows per thread in 6-row x 64-token tiles, an outer product per input
+  (the six weights widened and broadcast, 24 vector accumulators in registers); the last N % 64 tokens and
+  out % 6 rows take 4 x 4 dot-product tiles (``gemm_rest``). 310-340 GFLOP/s on a 2-core AMD Zen 5 (the 4 x 4
+  tiles alone 245-260, OpenBLAS's float32 sgemm 190-246). NumPy twin ``blocked``: blocks of
   ``BLOCK_ROWS`` weight rows widened into a reusable float32 buffer (a NumPy shift) and multiplied by BLAS,
   one GEMM per block.
 
@@ -249,10 +251,12 @@ def gemv_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
 
 
 def gemm_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """The compiled many-token product (prefill): ``_bf16_kernels.gemm_parallel``; NumPy twin ``blocked``.
-    [N, in] float32, [out, in] uint16 -> [N, out]"""
+    """The compiled many-token product (prefill): ``_gemm_kernels.gemm_parallel``; NumPy twin ``blocked``.
+    [N, in] float32, [out, in] uint16 (or float32: ``accel.linear``) -> [N, out]"""
     y = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
-    _kernels().gemm_parallel(x, bits, y)
+    _kernels()                                           # numba importable (ConfigError if not)
+    from . import _gemm_kernels
+    _gemm_kernels.gemm_parallel(x, bits, y)
     return y
 
 
@@ -302,11 +306,10 @@ def load_kernels() -> None:
     k = _kernels()
     bits = np.zeros((8, 16), np.uint16)
     bits.flags.writeable = False                       # as the memory map's views are
-    for n in (1, GEMV_ROWS + 1):
-        x, y = np.zeros((n, 16), np.float32), np.empty((n, 8), np.float32)
-        (k.gemv_serial if n == 1 else k.gemm_parallel)(x, bits, y)
-        if n == 1:
-            k.gemv_parallel(x, bits, y)
+    x, y = np.zeros((1, 16), np.float32), np.empty((1, 8), np.float32)
+    k.gemv_serial(x, bits, y)
+    k.gemv_parallel(x, bits, y)
+    gemm_numba(np.zeros((GEMV_ROWS + 1, 16), np.float32), bits)       # the prefill products (_gemm_kernels)
     x, y, picked = np.zeros((1, 16), np.float32), np.empty((1, 4), np.float32), np.arange(4)
     k.gather_serial(x, bits, picked, y)                 # the sparse MLP's kernels (mlp.py), as it calls them
     k.gather_parallel(x, bits, picked, y)

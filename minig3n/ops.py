@@ -13,6 +13,7 @@ the reference uses, cast to that dtype.
 """
 import numpy as np
 
+from . import accel
 from .bf16 import BF16Weight
 from .bf16 import linear as bf16_linear
 from .bf16 import linear_columns as bf16_linear_columns
@@ -84,11 +85,16 @@ def linear(x, weight, bias=None):
     """``x W^T (+ b)`` with W in PyTorch's [out, in] layout.   [..., in] -> [..., out]
 
     W may be a ``bf16.BF16Weight`` (a BF16 matrix kept as stored): then ``bf16.linear`` widens it inside the
-    product."""
+    product. A float32 W with float32 x of at least 64 tokens, with numba: ``accel.linear`` (compiled tiles,
+    the same products summed in another order than BLAS's)."""
     if isinstance(weight, BF16Weight):
         y = bf16_linear(x, weight)
         return y if bias is None else y + bias.astype(x.dtype, copy=False)
-    y = x @ weight.astype(x.dtype, copy=False).T
+    rows = x.size // max(x.shape[-1], 1)
+    if accel.use_matmul(x, weight, rows):   # the same product, compiled tiles (numba extra): accel.py
+        y = accel.linear(x.reshape(rows, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+    else:
+        y = x @ weight.astype(x.dtype, copy=False).T
     return y if bias is None else y + bias.astype(x.dtype, copy=False)
 
 

@@ -53,10 +53,13 @@ def test_gemv_kernel_matches_numpy_twin(shape, n):
 
 @pytest.mark.parametrize("shape", [(8192, 256), (2048, 2048), (37, 13), (130, 2048), (64, 2048), (3, 40)],
                          ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("n", [9, 16, 130])
+@pytest.mark.parametrize("n", [9, 16, 64, 130, 200, 600])
 def test_gemm_kernel_matches_numpy_twin(shape, n):
-    """The compiled prefill product (4x4 tiles and the ragged edges) against its NumPy twin ``blocked`` and
-    the float64 product; tolerance GEMV_TOL (same exact products, float32 sums in another order)."""
+    """The compiled prefill product against its NumPy twin ``blocked`` and the float64 product; tolerance
+    GEMV_TOL (same exact products, float32 sums in another order). n = 64 to 600: the 6-row x 64-token
+    tiles on whole groups of 64 tokens, the rest (the last n % 64 tokens, the last out % 6 rows) on the 4 x 4
+    dot-product tiles and single dot products; 600: two rounds of transposed groups; n = 9, 16: the rest
+    alone."""
     rng = np.random.default_rng(shape[0] * 5 + shape[1] + n)
     bits = random_bits(rng, shape)
     x = rng.standard_normal((n, shape[1]), dtype=np.float32)
@@ -144,7 +147,7 @@ def test_linear_masked_kernel_matches_numpy_twin(shape, n, share, mode, monkeypa
     assert rel_err(got, np.where(keep, linear(x, w), 0)) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
     assert np.array_equal(bf16.linear_masked(x.astype(np.float64), w, keep), exact)
     plain = linear_masked(x, bf16.widen(bits), keep)                      # a float32 array: the masked whole
-    assert np.array_equal(plain, np.where(keep, x @ bf16.widen(bits).T, 0))
+    assert np.array_equal(plain, np.where(keep, linear(x, bf16.widen(bits)), 0))   # product, as ops.linear
     with pytest.raises(ValueError, match=r"keep has shape \[1, 1, 3\], expected"):
         bf16.linear_masked(x, w, keep[:, :1, :3])
 
@@ -420,3 +423,46 @@ def test_get_waits_until_the_prefetch_has_read_the_matrix(monkeypatch):
     assert not t.is_alive() and isinstance(got[0], bf16.BF16Weight)
     model.ckpt.prefetcher.join(60)
     assert model.ckpt.prefetcher.done == len(model.ckpt.prefetcher.index)
+
+
+@pytest.mark.parametrize("shape", [(1536, 384), (130, 70), (7, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("n", [64, 100, 200])
+def test_float32_linear_on_the_tiles_matches_blas(shape, n, monkeypatch):
+    """``ops.linear`` with a float32 weight and at least 64 tokens, numba mode: ``accel.linear`` (the prefill
+    tiles of ``_gemm_kernels.gemm_parallel`` reading float32 weights as they are) against its NumPy twin
+    ``x @ W.T`` (BLAS) and the float64 product; tolerance GEMV_TOL. A [B, T, in] input with a bias."""
+    monkeypatch.setenv(accel.ENV, "numba")
+    calls = []
+    real = accel.linear
+    monkeypatch.setattr(accel, "linear", lambda x, w: calls.append(x.shape) or real(x, w))
+    rng = np.random.default_rng(shape[0] + n)
+    w = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[1]))
+    b = rng.standard_normal(shape[0], dtype=np.float32)
+    x = rng.standard_normal((2, n // 2, shape[1]), dtype=np.float32)
+    got = linear(x, w, b)
+    twin = x @ w.T + b
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    assert calls == [(n // 2 * 2, shape[1])]
+    assert got.dtype == np.float32 and got.shape == (2, n // 2, shape[0])
+    assert rel_err(got, twin) <= GEMV_TOL and rel_err(got, exact) <= GEMV_TOL
+
+
+def test_float32_linear_rule(monkeypatch):
+    """Who takes ``accel.linear``: float32 input and weight, >= accel.MIN_ROWS tokens, numba mode. Fewer
+    tokens, float64, or MINIG3N_ACCEL=numpy: BLAS, and the result is ``x @ W.T`` exactly."""
+    calls = []
+    real = accel.linear
+    monkeypatch.setattr(accel, "linear", lambda x, w: calls.append(x.shape) or real(x, w))
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((12, 16), dtype=np.float32)
+    monkeypatch.setenv(accel.ENV, "numba")
+    for x in (rng.standard_normal((accel.MIN_ROWS - 1, 16), dtype=np.float32),
+              rng.standard_normal((accel.MIN_ROWS, 16)),                               # float64
+              rng.standard_normal((accel.MIN_ROWS, 16), dtype=np.float32).astype(np.float16)):
+        assert np.array_equal(linear(x, w), x @ w.astype(x.dtype).T)
+    assert calls == []
+    x = rng.standard_normal((accel.MIN_ROWS, 16), dtype=np.float32)
+    linear(x, w)
+    assert calls == [(accel.MIN_ROWS, 16)]
+    monkeypatch.setenv(accel.ENV, "numpy")
+    assert np.array_equal(linear(x, w), x @ w.T) and len(calls) == 1
