@@ -34,8 +34,8 @@ _FAST = {"reassoc", "contract"}     # lets LLVM vectorise the float32 dot produc
 @intrinsic
 def widen1(typingctx, b):
     """One BF16 value (its uint16 bits) -> float32, exactly: ``float32 bits = uint32(b) << 16``. A float32
-    value comes back as it is, so the same kernels also serve float32 weights (``gemm_parallel`` for the
-    towers' products, ``ops.linear``)."""
+    value comes back as it is, so the same kernels also serve float32 weights (``_gemm_kernels.gemm_parallel``
+    for ``accel.linear``: the audio encoder's products)."""
     if b == types.float32:
         return types.float32(types.float32), lambda context, builder, signature, args: args[0]
     if b != types.uint16:
