@@ -1,7 +1,12 @@
-"""The compiled prefill products of ``bf16`` (a private module, like ``_bf16_kernels``, whose ``widen1`` and
-``_dot`` it uses): ``gemm_parallel``, x [N, in] times W [out, in]^T for many tokens, W BF16 bits (uint16) or
-float32. NumPy twins: ``bf16.blocked`` (BF16) and ``x @ W.T`` (float32, ``accel.linear``); tests/test_bf16.py
-checks they agree.
+"""The compiled many-token products (a private module, like ``_bf16_kernels``, whose ``widen1`` and ``_dot``
+it uses), W BF16 bits (uint16) or float32:
+
+* ``gemm_parallel``: x [N, in] times W [out, in]^T (the decoder's prefill, the audio encoder). NumPy twins:
+  ``bf16.blocked`` (BF16) and ``x @ W.T`` (float32, ``accel.linear``); tests/test_bf16.py.
+* ``gemm_channels_first``: W [out, in] times x [in, N], the pixels as tokens (the vision tower's convs,
+  ``accel.matmul_channels_first``). Twin: ``np.matmul``; tests/test_vision_kernels.py.
+* ``mqa_attention``: the vision tower's multi-query attention on the same tiles, with ``exp_nonpositive``.
+  Twin: ``mobilenetv5.mobile_mqa``'s NumPy loop; tests/test_vision_kernels.py.
 
 The main tiles take an outer product per input k: six weights, widened and each broadcast, against 64 tokens
 (four 16-wide vectors of a group of 64 tokens transposed once per call), 24 vector multiply-adds into 24
@@ -159,3 +164,154 @@ def _tile4x4(x, bits, y, n0, r0):
     y[n0 + 1, r0], y[n0 + 1, r0 + 1], y[n0 + 1, r0 + 2], y[n0 + 1, r0 + 3] = s10, s11, s12, s13
     y[n0 + 2, r0], y[n0 + 2, r0 + 1], y[n0 + 2, r0 + 2], y[n0 + 2, r0 + 3] = s20, s21, s22, s23
     y[n0 + 3, r0], y[n0 + 3, r0 + 1], y[n0 + 3, r0 + 2], y[n0 + 3, r0 + 3] = s30, s31, s32, s33
+
+
+CF_BLOCK = 24                      # gemm_channels_first: weight rows per block (a [24, 64] output buffer)
+CF_ITEMS = 16                      # gemm_channels_first: split the rows until there are this many work items
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
+def gemm_channels_first(bits, x, y, threads):
+    """y = widen(bits) x, channels first: W [out, in] times x [in, N] (a 1x1 conv over an NCHW map, N = Y * X
+    pixels as the tokens; a dense conv's im2col columns) -> y [out, N]; ``bits`` float32 or BF16 (uint16);
+    ``threads``: ``numba.get_num_threads()`` (read by the caller: inside, it would stop the disk cache).
+
+    The same 6 x 64 tiles (``_tile6x64``) as ``gemm_parallel``. x's rows are already pixel-contiguous, so
+    a group's "transpose" ``xt`` [in, 64] is a copy of 64-pixel runs (``x``'s rows lie N * 4 bytes apart, a
+    multiple of 4 KiB for most maps, and read in place they would all fall in the same cache sets). Work
+    items: (pixel group, share of the rows); the rows are shared out only when there are fewer than
+    ``CF_ITEMS`` groups (a 24 x 24 map has 9). Each thread takes one run of consecutive items, so it copies
+    each of its groups once, into its own ``xt``, and the group stays in its L1/L2 while the weights pass in
+    blocks of ``CF_BLOCK`` rows; a block's result goes into y's rows in whole 256-byte runs. A block's last
+    out % 6 rows take ``_rows_x64`` on the same group; the last N % 64 pixels ``_cf_edge``."""
+    I, N = x.shape
+    O = bits.shape[0]
+    groups = N // TILE_TOKENS
+    splits = min((O + TILE_ROWS - 1) // TILE_ROWS, max(1, (CF_ITEMS + groups - 1) // max(groups, 1)))
+    share = (O // splits + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS            # rows per split, whole tiles
+    items = groups * splits
+    for t in numba.prange(threads):
+        xt = np.empty((I, TILE_TOKENS), np.float32)                           # [in, 64] this thread's group
+        out = np.empty((CF_BLOCK, TILE_TOKENS), np.float32)                   # [rows, 64] a block's result
+        packed = -1
+        for item in range(t * items // threads, (t + 1) * items // threads):
+            g, sp = item // splits, item % splits
+            n0 = g * TILE_TOKENS
+            if g != packed:
+                for k in range(I):
+                    for j in range(TILE_TOKENS):
+                        xt[k, j] = x[k, n0 + j]
+                packed = g
+            for o0 in range(sp * share, min(O, (sp + 1) * share), CF_BLOCK):
+                o1 = min(O, (sp + 1) * share, o0 + CF_BLOCK)
+                tiled = o1 - (o1 - o0) % TILE_ROWS
+                out[:] = 0.0
+                for k0 in range(0, I, K_CHUNK):
+                    for r0 in range(o0, tiled, TILE_ROWS):
+                        _tile6x64(xt, bits, r0, k0, min(I, k0 + K_CHUNK), out, r0 - o0)
+                _rows_x64(xt, bits, tiled, o1, out, tiled - o0)
+                for r in range(o0, o1):
+                    y[r, n0:n0 + TILE_TOKENS] = out[r - o0]
+    for r in numba.prange(O):                                                 # every row, ragged pixels
+        _cf_edge(bits, x, y, r, groups * TILE_TOKENS, N)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _rows_x64(xt, bits, r0, r1, out, c0):
+    """out[c0:c0 + r1 - r0, :] = widen(bits[r0:r1]) x_group^T, one weight row at a time against the 64 tokens
+    of ``xt`` [in, 64] (fewer rows than a tile: the rest of a block), with the tiles' two-level sums."""
+    part = numba.carray(_tile_scratch(), (TILE_TOKENS,))
+    for r in range(r0, r1):
+        w = bits[r]
+        for j in range(TILE_TOKENS):
+            out[c0 + r - r0, j] = 0.0
+        for s0 in range(0, xt.shape[0], SUM_BLOCK):
+            for j in range(TILE_TOKENS):
+                part[j] = 0.0
+            for i in range(s0, min(xt.shape[0], s0 + SUM_BLOCK)):
+                k = np.uint64(i)
+                a = widen1(w[k])
+                xk = xt[k]
+                for j in range(TILE_TOKENS):
+                    part[j] += a * xk[j]
+            for j in range(TILE_TOKENS):
+                out[c0 + r - r0, j] += part[j]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _cf_edge(bits, x, y, r, n0, n1):
+    """y[r, n0:n1] = widen(bits[r]) x[:, n0:n1], one input row at a time (vector multiply-adds along the
+    pixels)."""
+    for n in range(n0, n1):
+        y[r, n] = 0.0
+    for k in range(x.shape[0]):
+        a = widen1(bits[r, k])
+        for n in range(n0, n1):
+            y[r, n] += a * x[k, n]
+
+
+LOG2E, LN2_HI, LN2_LO = np.float32(1.44269504), np.float32(0.693359375), np.float32(-2.12194440e-4)
+EXP_P = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3),
+         np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def exp_nonpositive(x):
+    """exp(x) in float32 for x <= 0 (a logit minus its row's maximum), written so that LLVM vectorises it
+    (numba's ``np.exp`` is a scalar call per value). x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so
+    n ln2 is exact), exp(r) by a degree-6 polynomial (Cephes' ``expf`` coefficients), times 2^n built as
+    float32 bits: 2^n = widen1((n + 127) << 7), a BF16 value with a zero mantissa. x is clamped at -88
+    (there n = -127 and 2^n comes out as 0), so below float32's normal range (-87.34) the result is 0 or a
+    denormal within 1.2e-38 of exp(x). Within a few ulp of ``np.exp`` above (tests/test_vision_kernels.py)."""
+    x = max(x, np.float32(-88.0))
+    n = np.floor(x * LOG2E + np.float32(0.5))
+    r = x - n * LN2_HI - n * LN2_LO
+    p = ((((EXP_P[0] * r + EXP_P[1]) * r + EXP_P[2]) * r + EXP_P[3]) * r + EXP_P[4]) * r + EXP_P[5]
+    p = p * r * r + r + np.float32(1.0)
+    return p * widen1(np.uint16((np.int32(n) + 127) << 7))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
+def mqa_attention(q, kt, v, o):
+    """Multi-query attention, channels first: o[h] = v softmax_keys(kt q[h]) for every query head h over
+    ONE key/value head. q [h, d, N] (already scaled by d^-1/2), kt [M, d] (the keys, transposed), v [d, M]
+    -> o [h, d, N]. Twin: ``mobilenetv5.mobile_mqa``'s NumPy loop (logits, softmax, then the values).
+
+    Work items: (head, group of 64 queries). The group's logits [M, 64] are the 6 x 64 tiles with the keys as
+    the "weight rows" (``_tile6x64``, inputs = the d channels); the softmax runs down each column (max,
+    ``exp_nonpositive``, sum, divide: NumPy's operations); the values are the tiles again, v's d rows
+    against the [M, 64] probabilities. A group's logits stay in L2 (576 keys: 147 KB)."""
+    h, d, N = q.shape
+    M = kt.shape[0]
+    groups = (N + TILE_TOKENS - 1) // TILE_TOKENS
+    tiled_keys, tiled_d = M - M % TILE_ROWS, d - d % TILE_ROWS
+    for item in numba.prange(h * groups):
+        hi, g = item // groups, item % groups
+        n0 = g * TILE_TOKENS
+        n = min(TILE_TOKENS, N - n0)
+        qg = np.zeros((d, TILE_TOKENS), np.float32)                  # [d, 64] the group's queries
+        for c in range(d):
+            qg[c, :n] = q[hi, c, n0:n0 + n]
+        s = np.zeros((M, TILE_TOKENS), np.float32)                   # [M, 64] logits, keys down the rows
+        for r0 in range(0, tiled_keys, TILE_ROWS):
+            _tile6x64(qg, kt, r0, 0, d, s, r0)
+        _rows_x64(qg, kt, tiled_keys, M, s, tiled_keys)
+        top = s[0].copy()                                            # [64] softmax over the keys (rows)
+        for r in range(1, M):
+            for j in range(TILE_TOKENS):
+                top[j] = max(top[j], s[r, j])
+        total = np.zeros(TILE_TOKENS, np.float32)
+        for r in range(M):
+            for j in range(TILE_TOKENS):
+                e = exp_nonpositive(s[r, j] - top[j])
+                s[r, j] = e
+                total[j] += e
+        for r in range(M):
+            for j in range(TILE_TOKENS):
+                s[r, j] /= total[j]
+        og = np.zeros((d, TILE_TOKENS), np.float32)                  # [d, 64] = v probs
+        for r0 in range(0, tiled_d, TILE_ROWS):
+            _tile6x64(s, v, r0, 0, M, og, r0)
+        _rows_x64(s, v, tiled_d, d, og, tiled_d)
+        for c in range(d):
+            o[hi, c, n0:n0 + n] = og[c, :n]

@@ -49,14 +49,24 @@ multiply-add).
   exactly (``tests/test_bf16.py``: 2e-6). Why: the audio encoder is mostly these products, and on the
   2-core machines here the tiles ran 320-380 GFLOP/s on its shapes against OpenBLAS's 130-250
   (tests/bench/README.md).
+* ``matmul_channels_first`` (``conv2d.pointwise_conv`` and the dense convs' im2col product, issue 12): the
+  vision tower's ``W @ x`` with the pixels as tokens, at least 64 of them, on the same tiles
+  (``_gemm_kernels.gemm_channels_first``: each thread copies its own groups of 64 pixels once and runs every
+  weight row past them). Twin: ``np.matmul`` (BLAS), within 2e-6 (``tests/test_vision_kernels.py``).
+* ``mqa_attention`` (``mobilenetv5.mobile_mqa``, issue 12): the multi-query attention of one image, per
+  (head, group of 64 queries): logits, softmax and values on the same tiles, with a vectorised float32 exp
+  (``exp_nonpositive``, within 3 ulp of NumPy's). Twin: the NumPy loop in ``mobile_mqa``, within 5e-6.
+  Why both: on the 2-core Zen 5 here the tiles ran 250-450 GFLOP/s on the tower's products against
+  OpenBLAS's (forced Haswell kernel) 130-230, the attention 340-390 against about 100; and once the
+  1x1 convs were compiled, the attention left on BLAS lost time to the two thread pools waiting on each
+  other. Together: the encoder at 768 x 768 from 5.2 to 3.2-3.6 s (tests/bench/README.md).
 
-Left out, because numba does not pay there: the vision tower's 1x1 convs (channels-first ``W @ x`` with
-many pixels and few channels: the same tiles, parallel over pixel groups, ran 100-170 GFLOP/s against BLAS's
-150-170 on its shapes, and made the encoder slower); the audio encoder's other steps (SiLU, the group norm
-and the light conv are in-place NumPy instead); a compiled ``tanh``/``exp`` (NumPy's SIMD ``tanh``/``exp``
-are 4-5x faster than the scalar libm calls numba makes without SVML); the im2col copy before the dense convs
-(a memory copy already); and parallel loops in the twins before ``linear`` (``parallel=False``: the
-machine's cores are shared, and the BLAS calls around these kernels have threads).
+Left out, because numba does not pay there: the audio encoder's other steps (SiLU, the group norm and the
+light conv are in-place NumPy instead); a compiled ``tanh`` for the GELU (NumPy's SIMD ``tanh`` is 4-5x
+faster than the scalar libm call numba makes without SVML, and a hand-written one, like the attention's exp,
+would be one more approximation to check); the im2col copy before the dense convs (a memory copy already);
+and parallel loops in the norm and depthwise twins (``parallel=False``: written when the BLAS calls around
+them had threads of their own).
 """
 from __future__ import annotations
 
@@ -341,3 +351,23 @@ def linear(x, w):
     y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)                   # [N, out]
     _gemm_kernels.gemm_parallel(x, w, y)
     return y
+
+
+def matmul_channels_first(w, x):
+    """``w @ x`` per image for float32 w [out, K], x [B, K, P] (a 1x1 conv, a dense conv's im2col columns):
+    ``_gemm_kernels.gemm_channels_first``.   [B, K, P] -> [B, out, P]"""
+    from . import _gemm_kernels                          # numba is importable: mode() said "numba"
+    w = np.ascontiguousarray(w)
+    y = np.empty((x.shape[0], w.shape[0], x.shape[2]), dtype=np.float32)        # [B, out, P]
+    for b in range(x.shape[0]):
+        _gemm_kernels.gemm_channels_first(w, np.ascontiguousarray(x[b]), y[b], _numba.get_num_threads())
+    return y
+
+
+def mqa_attention(q, k, v):
+    """Multi-query attention for one image (``mobilenetv5.mobile_mqa``): softmax(q^T k) over the keys, times
+    v, channels first: ``_gemm_kernels.mqa_attention``.   q [h, d, N] (scaled), k, v [d, M] -> [h, d, N]"""
+    from . import _gemm_kernels                          # numba is importable: mode() said "numba"
+    o = np.empty(q.shape, dtype=np.float32)                                     # [h, d, N]
+    _gemm_kernels.mqa_attention(np.ascontiguousarray(q), np.ascontiguousarray(k.T), np.ascontiguousarray(v), o)
+    return o

@@ -3,7 +3,8 @@
 Convolutions are written out in NumPy: a dense kxk conv gathers its k*k shifted views into columns
 (im2col, ``np.lib.stride_tricks``) and does one matmul; a depthwise conv (one kxk filter per channel) is a
 sum of k*k shifted views times per-channel taps, never a dense conv with a block-diagonal weight; a 1x1
-conv is a matmul over channels. Arrays are NCHW ([B, C, Y, X]) like the reference's.
+conv is a matmul over channels. Arrays are NCHW ([B, C, Y, X]) like the reference's. With numba, the float32
+matmuls of maps of 64 pixels or more run on compiled tiles (``accel.matmul_channels_first``).
 
 Every conv pads TF-"SAME" style (``padding.same_padding``). The depthwise conv, RmsNorm2d, RmsNorm2d + GELU
 (``rms_norm2d_gelu``) and RmsNorm2d * layer scale + skip (``rms_norm2d_add``) have compiled twins in ``accel``
@@ -47,7 +48,7 @@ def conv2d(x, w, stride=1, dilation=1, bias=None):
     else:
         cols = _windows(pad_same(x, k, stride, dilation), k, stride, dilation, Yo, Xo)  # [B, Ci, k, k, Yo, Xo]
         cols = cols.reshape(B, Ci * k * k, Yo * Xo)                             # [B, Ci*k*k, Yo*Xo] (copy)
-        y = np.matmul(w.reshape(Co, Ci * k * k), cols).reshape(B, Co, Yo, Xo)  # [B, Co, Yo, Xo]
+        y = _matmul(w.reshape(Co, Ci * k * k), cols).reshape(B, Co, Yo, Xo)     # [B, Co, Yo, Xo]
     return y if bias is None else y + bias.astype(x.dtype, copy=False)[:, None, None]
 
 
@@ -79,7 +80,14 @@ def pointwise_conv(x, w):
     """1x1 conv = a matmul over channels.   [B, Ci, Y, X] -> [B, Co, Y, X];  w [Co, Ci, 1, 1]"""
     B, Ci, Y, X = x.shape
     w2 = w.reshape(w.shape[0], Ci).astype(x.dtype, copy=False)                 # [Co, Ci]
-    return np.matmul(w2, x.reshape(B, Ci, Y * X)).reshape(B, -1, Y, X)         # [B, Co, Y, X]
+    return _matmul(w2, x.reshape(B, Ci, Y * X)).reshape(B, -1, Y, X)           # [B, Co, Y, X]
+
+
+def _matmul(w, x):
+    """``w @ x`` per image.   [Co, K], [B, K, P] -> [B, Co, P]"""
+    if accel.use_matmul(x, w, x.shape[-1]):   # the same product, compiled tiles (numba extra): accel.py
+        return accel.matmul_channels_first(w, x)
+    return np.matmul(w, x)
 
 
 def rms_norm2d(x, weight, eps=EPS):

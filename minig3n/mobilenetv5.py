@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import accel
 from .conv2d import (EPS, conv2d, conv_norm_act, depthwise_conv2d, pointwise_conv, resize_bilinear, resize_nearest,
                      rms_norm2d, rms_norm2d_add, rms_norm2d_gelu)
 from .errors import InputError
@@ -124,6 +125,9 @@ def mobile_mqa(x, p, b: BlockSpec):
     q = q * x.dtype.type(d ** -0.5)                                             # [B, h, d, Y*X] scaled
     o = np.empty_like(q)                                                        # [B, h, d, Y*X] = o^T per head
     for bi in range(B):
+        if accel.use_matmul(q, k[bi, 0], Y * X):  # the same attention, compiled tiles (numba extra): accel.py
+            o[bi] = accel.mqa_attention(q[bi], k[bi, 0], v[bi, 0])
+            continue
         for hi in range(h):
             for n0 in range(0, Y * X, QUERY_BLOCK):
                 n1 = min(Y * X, n0 + QUERY_BLOCK)
