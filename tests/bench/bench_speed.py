@@ -26,6 +26,9 @@ warm-up call, then reports the median of ``R`` timed calls and its peak resident
 process: interpreter, libraries, weights). Outputs are compared (relative error, tokens) so the two sides
 are known to compute the same thing. Ratio = minig3n time / reference time (> 1: minig3n is slower).
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are passed through untouched and printed: see tests/bench/README.md.
+The minig3n side imports minig3n before NumPy, as ``minig3n generate`` does, so that minig3n's
+``OPENBLAS_THREAD_TIMEOUT=4`` applies (before 2026-12-07 23:40 it did not: OpenBLAS's idle threads then spun
+for about 0.1 s after each call, on the cores numba's kernels wanted: audio 4.4 against 3.0 s, vision 3.5 against 3.2).
 """
 from __future__ import annotations
 
@@ -202,6 +205,7 @@ def prepare(work: Path, cases, quick: bool, threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 def run_minig3n(work: Path, case: str, quick: bool, repeats: int) -> dict:
+    import minig3n   # noqa: F401  before NumPy, as the CLI imports it: its OPENBLAS_THREAD_TIMEOUT=4 applies
     import numpy as np
     res = {}
     if case in ("text", "decode"):
