@@ -4,9 +4,11 @@ it uses), W BF16 bits (uint16) or float32:
 * ``gemm_parallel``: x [N, in] times W [out, in]^T (the decoder's prefill, the audio encoder). NumPy twins:
   ``bf16.blocked`` (BF16) and ``x @ W.T`` (float32, ``accel.linear``); tests/test_bf16.py.
 * ``gemm_channels_first``: W [out, in] times x [in, N], the pixels as tokens (the vision tower's convs,
-  ``accel.matmul_channels_first``). Twin: ``np.matmul``; tests/test_vision_kernels.py.
+  ``accel.matmul_channels_first``). Twin: ``np.matmul``; tests/test_tile_kernels.py.
 * ``mqa_attention``: the vision tower's multi-query attention on the same tiles, with ``exp_nonpositive``.
-  Twin: ``mobilenetv5.mobile_mqa``'s NumPy loop; tests/test_vision_kernels.py.
+  Twin: ``mobilenetv5.mobile_mqa``'s NumPy loop; tests/test_tile_kernels.py.
+* ``gqa_attention``: the decoder's attention over a prompt, the same way, with its mask. Twin:
+  ``attention.attend``; tests/test_tile_kernels.py.
 
 The main tiles take an outer product per input k: six weights, widened and each broadcast, against 64 tokens
 (four 16-wide vectors of a group of 64 tokens transposed once per call), 24 vector multiply-adds into 24
@@ -262,7 +264,7 @@ def exp_nonpositive(x):
     n ln2 is exact), exp(r) by a degree-6 polynomial (Cephes' ``expf`` coefficients), times 2^n built as
     float32 bits: 2^n = widen1((n + 127) << 7), a BF16 value with a zero mantissa. x is clamped at -88
     (there n = -127 and 2^n comes out as 0), so below float32's normal range (-87.34) the result is 0 or a
-    denormal within 1.2e-38 of exp(x). Within a few ulp of ``np.exp`` above (tests/test_vision_kernels.py)."""
+    denormal within 1.2e-38 of exp(x). Within a few ulp of ``np.exp`` above (tests/test_tile_kernels.py)."""
     x = max(x, np.float32(-88.0))
     n = np.floor(x * LOG2E + np.float32(0.5))
     r = x - n * LN2_HI - n * LN2_LO
@@ -315,3 +317,61 @@ def mqa_attention(q, kt, v, o):
         _rows_x64(s, v, tiled_d, d, og, tiled_d)
         for c in range(d):
             o[hi, c, n0:n0 + n] = og[c, :n]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
+def gqa_attention(q, kt, vt, visible, o):
+    """Grouped-query attention of one sequence (the decoder's prompt, ``attention.attend``): o[t, h] =
+    softmax over the visible keys of (q[t, h] . k[s]) times v, query head h reading key/value head
+    h // (N / G); scaling 1. q [T, N, E], kt [G, S, E] (keys), vt [G, E, S] (values, transposed), visible
+    [S, T] bool (the mask, transposed) -> o [T, N, E]. A query that sees no key gets zeros, as in
+    ``ops.softmax``. Twin: ``attention.attend``'s NumPy code.
+
+    Work items: (head, group of 64 queries), each as ``mqa_attention``'s: the logits [S, 64] on the tiles
+    with the keys as rows, a masked softmax down each column (hidden keys are -inf, whose
+    ``exp_nonpositive`` is an exact 0), the values on the tiles again."""
+    T, N, E = q.shape
+    G, S = kt.shape[0], kt.shape[1]
+    groups = (T + TILE_TOKENS - 1) // TILE_TOKENS
+    tiled_keys, tiled_e = S - S % TILE_ROWS, E - E % TILE_ROWS
+    for item in numba.prange(N * groups):
+        h, g = item // groups, item % groups
+        kv = h // (N // G)
+        n0 = g * TILE_TOKENS
+        n = min(TILE_TOKENS, T - n0)
+        qg = np.zeros((E, TILE_TOKENS), np.float32)                  # [E, 64] the group's queries
+        for j in range(n):
+            for e in range(E):
+                qg[e, j] = q[n0 + j, h, e]
+        s = np.zeros((S, TILE_TOKENS), np.float32)                   # [S, 64] logits, keys down the rows
+        for r0 in range(0, tiled_keys, TILE_ROWS):
+            _tile6x64(qg, kt[kv], r0, 0, E, s, r0)
+        _rows_x64(qg, kt[kv], tiled_keys, S, s, tiled_keys)
+        top = np.full(TILE_TOKENS, -np.inf, np.float32)              # [64] softmax over the visible keys
+        for r in range(S):
+            for j in range(n):
+                x = s[r, j] if visible[r, n0 + j] else np.float32(-np.inf)
+                s[r, j] = x
+                top[j] = max(top[j], x)
+        for j in range(TILE_TOKENS):
+            if top[j] == -np.inf:                                    # no visible key (or a padded column)
+                top[j] = 0.0
+        total = np.zeros(TILE_TOKENS, np.float32)
+        for r in range(S):
+            for j in range(TILE_TOKENS):
+                x = exp_nonpositive(s[r, j] - top[j])
+                s[r, j] = x
+                total[j] += x
+        for j in range(TILE_TOKENS):
+            if total[j] == 0.0:                                      # all hidden: zeros, not 0 / 0
+                total[j] = 1.0
+        for r in range(S):
+            for j in range(TILE_TOKENS):
+                s[r, j] /= total[j]
+        og = np.zeros((E, TILE_TOKENS), np.float32)                  # [E, 64] = v^T probs
+        for r0 in range(0, tiled_e, TILE_ROWS):
+            _tile6x64(s, vt[kv], r0, 0, S, og, r0)
+        _rows_x64(s, vt[kv], tiled_e, E, og, tiled_e)
+        for j in range(n):
+            for e in range(E):
+                o[n0 + j, h, e] = og[e, j]

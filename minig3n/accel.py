@@ -52,7 +52,7 @@ multiply-add).
 * ``matmul_channels_first`` (``conv2d.pointwise_conv`` and the dense convs' im2col product, issue 12): the
   vision tower's ``W @ x`` with the pixels as tokens, at least 64 of them, on the same tiles
   (``_gemm_kernels.gemm_channels_first``: each thread copies its own groups of 64 pixels once and runs every
-  weight row past them). Twin: ``np.matmul`` (BLAS), within 2e-6 (``tests/test_vision_kernels.py``).
+  weight row past them). Twin: ``np.matmul`` (BLAS), within 2e-6 (``tests/test_tile_kernels.py``).
 * ``mqa_attention`` (``mobilenetv5.mobile_mqa``, issue 12): the multi-query attention of one image, per
   (head, group of 64 queries): logits, softmax and values on the same tiles, with a vectorised float32 exp
   (``exp_nonpositive``, within 3 ulp of NumPy's). Twin: the NumPy loop in ``mobile_mqa``, within 5e-6.
@@ -60,6 +60,11 @@ multiply-add).
   OpenBLAS's (forced Haswell kernel) 130-230, the attention 340-390 against about 100; and once the
   1x1 convs were compiled, the attention left on BLAS lost time to the two thread pools waiting on each
   other. Together: the encoder at 768 x 768 from 5.2 to 3.2-3.6 s (tests/bench/README.md).
+
+* ``gqa_attention`` (``attention.attend``, issue 12): the decoder's attention over a prompt of 64 tokens or
+  more, per (query head, group of 64 queries), as ``mqa_attention`` with the mask applied in the softmax.
+  Twin: ``attend``'s NumPy code, within 5e-6. A 128-token E2B prefill: 1.03 -> 1.01 s (BLAS's small
+  products there waited on numba's threads); a 256 x 512 block 3.7 against 12.8 ms.
 
 Left out, because numba does not pay there: the audio encoder's other steps (SiLU, the group norm and the
 light conv are in-place NumPy instead); a compiled ``tanh`` for the GELU (NumPy's SIMD ``tanh`` is 4-5x
@@ -371,3 +376,17 @@ def mqa_attention(q, k, v):
     o = np.empty(q.shape, dtype=np.float32)                                     # [h, d, N]
     _gemm_kernels.mqa_attention(np.ascontiguousarray(q), np.ascontiguousarray(k.T), np.ascontiguousarray(v), o)
     return o
+
+
+def gqa_attention(q, k, v, mask):
+    """The decoder's attention for a prompt (``attention.attend``): ``_gemm_kernels.gqa_attention`` per batch
+    row.   q [B, T, N, E], k, v [B, S, G, E], mask [B|1, T, S] -> [B, T, N*E]"""
+    from . import _gemm_kernels                          # numba is importable: mode() said "numba"
+    B, T, N, E = q.shape
+    visible = np.broadcast_to(np.asarray(mask, dtype=bool), (B, T, k.shape[1]))  # [B, T, S]
+    o = np.empty(q.shape, dtype=np.float32)                                     # [B, T, N, E]
+    for b in range(B):
+        _gemm_kernels.gqa_attention(np.ascontiguousarray(q[b]), np.ascontiguousarray(k[b].transpose(1, 0, 2)),
+                                    np.ascontiguousarray(v[b].transpose(1, 2, 0)),
+                                    np.ascontiguousarray(visible[b].T), o[b])
+    return o.reshape(B, T, N * E)

@@ -28,6 +28,8 @@ reference's ``generate`` passes ``cumsum(attention_mask) - 1`` for left-padded r
 Source: transformers 5.24 ``Gemma3nTextAttention``, ``Gemma3nRotaryEmbedding``, ``masking_utils``
 (``causal_mask_function``, ``sliding_window_overlay``, ``padding_mask_function``); docs/NUMERICS.md §1.6.
 Left out: attention dropout, the attention-weights output, bidirectional attention (unused by Gemma 3n).
+With numba, a float32 prompt of 64 tokens or more attends on compiled tiles (``accel.gqa_attention``, the same
+sums in another order); ``attend`` below is the definition.
 
 Precision: RoPE inverse frequencies are float32 constants (``1 / base ** (arange(0, E, 2) / E)`` in float32;
 ``rope_inv_freq`` is bit-identical to torch for head_dim <= 64 and off by 1 ulp in one or two of 128 entries
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import accel
 from .config import SLIDING
 from .ops import linear, rms_norm, softmax
 
@@ -118,6 +121,8 @@ def attend(q, k, v, mask):
 
     Rows with no visible key give zeros (see the module docstring)."""
     B, T, N, E = q.shape
+    if accel.use_matmul(q, k[0, :, 0], T):   # the same attention, compiled tiles (numba extra): accel.py
+        return accel.gqa_attention(q, k, v, mask)
     G = k.shape[2]
     qh = q.transpose(0, 2, 1, 3).reshape(B, G, N // G, T, E)                  # [B, G, N/G, T, E] head h -> h // (N/G)
     kh = k.transpose(0, 2, 3, 1)[:, :, None]                                  # [B, G, 1, E, S]

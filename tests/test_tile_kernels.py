@@ -1,9 +1,12 @@
-"""The vision tower's compiled products (minig3n/_gemm_kernels.py, numba mode) against their NumPy twins.
+"""The compiled tiles of the vision tower and of the decoder's prompt attention (minig3n/_gemm_kernels.py,
+numba mode) against their NumPy twins.
 
 * ``gemm_channels_first``: a 1x1 conv (and a dense conv's im2col columns) as ``W @ x`` with the pixels as
   tokens (``conv2d.pointwise_conv``, ``conv2d.conv2d``). Twin: ``np.matmul`` (BLAS).
 * ``mqa_attention``: mobile multi-query attention for one image (``mobilenetv5.mobile_mqa``). Twin: its
   NumPy loop (logits, softmax, values).
+* ``gqa_attention``: the decoder's grouped-query attention over a prompt (``attention.attend``). Twin:
+  ``attend``'s NumPy code.
 * ``exp_nonpositive``: the softmax's exp, written so that LLVM vectorises it. Twin: ``np.exp``.
 
 Tolerances (rel_err = max abs difference / max abs value), float32:
@@ -11,14 +14,15 @@ Tolerances (rel_err = max abs difference / max abs value), float32:
   in another order than BLAS (two-level sums of 256 inputs), a few 1e-7 over at most a few thousand inputs;
   both are also checked against the float64 product.
 * attention: 5e-6: the products' 2e-6 twice (logits, then values over M keys) plus an exp within 3 ulp.
-float64 inputs never reach these kernels (``accel.use_matmul``): the last test checks that they, and maps of
-fewer than 64 pixels, get ``np.matmul``'s result exactly.
+float64 inputs never reach these kernels (``accel.use_matmul``): the rule tests check that they, and maps of
+fewer than 64 pixels or prompts of fewer than 64 tokens, get the NumPy result exactly.
 """
 import numba
 import numpy as np
 import pytest
 
 from minig3n import _gemm_kernels, accel, bf16, mobilenetv5
+from minig3n.attention import attend, attention_mask
 from minig3n.conv2d import conv2d, pointwise_conv
 from minig3n.mobilenetv5_arch import BlockSpec
 from tests.golden_io import rel_err
@@ -147,3 +151,51 @@ def test_conv_products_rule(monkeypatch):
     monkeypatch.setenv(accel.ENV, "numpy")
     assert rel_err(got1, pointwise_conv(x, w1)) <= PRODUCT_TOL and rel_err(got3, conv2d(x, w3)) <= PRODUCT_TOL
     assert len(calls) == 2
+
+
+# (B, T, S, N, G, E, window, pad): a 128-token E2B-like prompt (8 query heads over 2 K/V heads of 256); a
+# sliding window, ragged queries (70) and channels (10) continuing a cache (S > T); two rows, the second
+# left-padded by 5 (its pad queries see no key: zeros).
+GQA_CASES = [(1, 128, 128, 8, 2, 256, None, 0), (1, 70, 100, 4, 2, 10, 16, 0), (2, 64, 64, 4, 1, 32, None, 5)]
+
+
+@pytest.mark.parametrize("case", GQA_CASES, ids=lambda c: "B{}T{}S{}N{}G{}E{}w{}pad{}".format(*c))
+def test_gqa_attention_matches_numpy(case, monkeypatch):
+    """``attend`` in numba mode (``accel.gqa_attention``) against its NumPy code and float64 attention."""
+    B, T, S, N, G, E, window, pad = case
+    rng = np.random.default_rng(T + S + E)
+    q = rng.standard_normal((B, T, N, E), dtype=np.float32) * np.float32(2 / np.sqrt(E))
+    k = rng.standard_normal((B, S, G, E), dtype=np.float32)
+    v = rng.standard_normal((B, S, G, E), dtype=np.float32)
+    real = np.ones((B, S), bool)
+    real[1:, :pad] = False
+    mask = attention_mask(np.arange(S - T, S), np.arange(S), real, window)      # [B, T, S]
+    monkeypatch.setenv(accel.ENV, "numpy")
+    twin = attend(q, k, v, mask)
+    exact = attend(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), mask)
+    monkeypatch.setenv(accel.ENV, "numba")
+    calls = []
+    tiles = accel.gqa_attention
+    monkeypatch.setattr(accel, "gqa_attention", lambda *a: calls.append(a[0].shape) or tiles(*a))
+    got = attend(q, k, v, mask)
+    assert calls == [(B, T, N, E)] and got.shape == (B, T, N * E) and got.dtype == np.float32
+    assert rel_err(got, twin) <= ATTENTION_TOL and rel_err(got, exact) <= ATTENTION_TOL
+    if pad:
+        assert not got[1, :pad].any() and not twin[1, :pad].any()               # pad queries: zeros
+
+
+def test_gqa_attention_rule(monkeypatch):
+    """Fewer than ``accel.MIN_ROWS`` queries (a decode step), or float64: ``attend``'s NumPy code, exactly."""
+    calls = []
+    monkeypatch.setattr(accel, "gqa_attention", lambda *a: calls.append(1))
+    monkeypatch.setenv(accel.ENV, "numba")
+    rng = np.random.default_rng(2)
+    for T, dtype in ((accel.MIN_ROWS - 1, np.float32), (accel.MIN_ROWS, np.float64)):
+        q = rng.standard_normal((1, T, 4, 8)).astype(dtype)
+        k, v = (rng.standard_normal((1, T, 2, 8)).astype(dtype) for _ in range(2))
+        mask = attention_mask(np.arange(T), np.arange(T), None, None)
+        got = attend(q, k, v, mask)
+        monkeypatch.setenv(accel.ENV, "numpy")
+        assert np.array_equal(got, attend(q, k, v, mask))
+        monkeypatch.setenv(accel.ENV, "numba")
+    assert calls == []
