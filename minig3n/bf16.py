@@ -319,3 +319,5 @@ def load_kernels() -> None:
     x, y = np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32)
     k.masked_parallel(x, bits, np.zeros((8, 2), np.bool_), y)             # a prompt's sparse MLP (mlp.py)
     k.nonzero_parallel(np.zeros((2, 16), np.float32), w.columns(), np.empty((2, 8), np.float32))
+    q = np.zeros((1, 2, 2, 8), np.float32)                                  # a prompt's attention (attention.py)
+    accel.gqa_attention(q, q[:, :, :1], q[:, :, :1], np.ones((1, 2, 2), np.bool_))
