@@ -273,6 +273,44 @@ def exp_nonpositive(x):
     return p * widen1(np.uint16((np.int32(n) + 127) << 7))
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _tiles(xt, rows, out):
+    """out[:R] += rows xt^T over every input: rows [R, K] (keys, or values transposed) against a group's 64
+    columns ``xt`` [K, 64], in 6 x 64 tiles, then the last R % 6 rows (``_rows_x64``, which writes them)."""
+    R, K = rows.shape[0], xt.shape[0]
+    tiled = R - R % TILE_ROWS
+    for r0 in range(0, tiled, TILE_ROWS):
+        _tile6x64(xt, rows, r0, 0, K, out, r0)
+    _rows_x64(xt, rows, tiled, R, out, tiled)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _softmax_columns(s):
+    """s [M, 64]: logits (-inf = a hidden key), keys down the rows -> each column's softmax, in place: max,
+    ``exp_nonpositive`` of the differences (an exact 0 for a hidden key), sum, divide, as ``ops.softmax``.
+    A column with no visible key comes out all zeros (not 0 / 0)."""
+    M = s.shape[0]
+    top = np.full(TILE_TOKENS, -np.inf, np.float32)                  # [64]
+    for r in range(M):
+        for j in range(TILE_TOKENS):
+            top[j] = max(top[j], s[r, j])
+    for j in range(TILE_TOKENS):
+        if top[j] == -np.inf:
+            top[j] = 0.0
+    total = np.zeros(TILE_TOKENS, np.float32)                        # [64]
+    for r in range(M):
+        for j in range(TILE_TOKENS):
+            e = exp_nonpositive(s[r, j] - top[j])
+            s[r, j] = e
+            total[j] += e
+    for j in range(TILE_TOKENS):
+        if total[j] == 0.0:
+            total[j] = 1.0
+    for r in range(M):
+        for j in range(TILE_TOKENS):
+            s[r, j] /= total[j]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST, parallel=True)
 def mqa_attention(q, kt, v, o):
     """Multi-query attention, channels first: o[h] = v softmax_keys(kt q[h]) for every query head h over
@@ -280,13 +318,12 @@ def mqa_attention(q, kt, v, o):
     -> o [h, d, N]. Twin: ``mobilenetv5.mobile_mqa``'s NumPy loop (logits, softmax, then the values).
 
     Work items: (head, group of 64 queries). The group's logits [M, 64] are the 6 x 64 tiles with the keys as
-    the "weight rows" (``_tile6x64``, inputs = the d channels); the softmax runs down each column (max,
-    ``exp_nonpositive``, sum, divide: NumPy's operations); the values are the tiles again, v's d rows
-    against the [M, 64] probabilities. A group's logits stay in L2 (576 keys: 147 KB)."""
+    the "weight rows" (``_tiles``, inputs = the d channels); the softmax runs down each column
+    (``_softmax_columns``); the values are the tiles again, v's d rows against the [M, 64] probabilities. A
+    group's logits stay in L2 (576 keys: 147 KB)."""
     h, d, N = q.shape
     M = kt.shape[0]
     groups = (N + TILE_TOKENS - 1) // TILE_TOKENS
-    tiled_keys, tiled_d = M - M % TILE_ROWS, d - d % TILE_ROWS
     for item in numba.prange(h * groups):
         hi, g = item // groups, item % groups
         n0 = g * TILE_TOKENS
@@ -295,26 +332,10 @@ def mqa_attention(q, kt, v, o):
         for c in range(d):
             qg[c, :n] = q[hi, c, n0:n0 + n]
         s = np.zeros((M, TILE_TOKENS), np.float32)                   # [M, 64] logits, keys down the rows
-        for r0 in range(0, tiled_keys, TILE_ROWS):
-            _tile6x64(qg, kt, r0, 0, d, s, r0)
-        _rows_x64(qg, kt, tiled_keys, M, s, tiled_keys)
-        top = s[0].copy()                                            # [64] softmax over the keys (rows)
-        for r in range(1, M):
-            for j in range(TILE_TOKENS):
-                top[j] = max(top[j], s[r, j])
-        total = np.zeros(TILE_TOKENS, np.float32)
-        for r in range(M):
-            for j in range(TILE_TOKENS):
-                e = exp_nonpositive(s[r, j] - top[j])
-                s[r, j] = e
-                total[j] += e
-        for r in range(M):
-            for j in range(TILE_TOKENS):
-                s[r, j] /= total[j]
+        _tiles(qg, kt, s)
+        _softmax_columns(s)                                          # [M, 64] probabilities
         og = np.zeros((d, TILE_TOKENS), np.float32)                  # [d, 64] = v probs
-        for r0 in range(0, tiled_d, TILE_ROWS):
-            _tile6x64(s, v, r0, 0, M, og, r0)
-        _rows_x64(s, v, tiled_d, d, og, tiled_d)
+        _tiles(s, v, og)
         for c in range(d):
             o[hi, c, n0:n0 + n] = og[c, :n]
 
@@ -327,13 +348,11 @@ def gqa_attention(q, kt, vt, visible, o):
     [S, T] bool (the mask, transposed) -> o [T, N, E]. A query that sees no key gets zeros, as in
     ``ops.softmax``. Twin: ``attention.attend``'s NumPy code.
 
-    Work items: (head, group of 64 queries), each as ``mqa_attention``'s: the logits [S, 64] on the tiles
-    with the keys as rows, a masked softmax down each column (hidden keys are -inf, whose
-    ``exp_nonpositive`` is an exact 0), the values on the tiles again."""
+    Work items: (head, group of 64 queries), as ``mqa_attention``'s, with the hidden keys' logits set to
+    -inf before the softmax."""
     T, N, E = q.shape
     G, S = kt.shape[0], kt.shape[1]
     groups = (T + TILE_TOKENS - 1) // TILE_TOKENS
-    tiled_keys, tiled_e = S - S % TILE_ROWS, E - E % TILE_ROWS
     for item in numba.prange(N * groups):
         h, g = item // groups, item % groups
         kv = h // (N // G)
@@ -344,34 +363,14 @@ def gqa_attention(q, kt, vt, visible, o):
             for e in range(E):
                 qg[e, j] = q[n0 + j, h, e]
         s = np.zeros((S, TILE_TOKENS), np.float32)                   # [S, 64] logits, keys down the rows
-        for r0 in range(0, tiled_keys, TILE_ROWS):
-            _tile6x64(qg, kt[kv], r0, 0, E, s, r0)
-        _rows_x64(qg, kt[kv], tiled_keys, S, s, tiled_keys)
-        top = np.full(TILE_TOKENS, -np.inf, np.float32)              # [64] softmax over the visible keys
+        _tiles(qg, kt[kv], s)
         for r in range(S):
             for j in range(n):
-                x = s[r, j] if visible[r, n0 + j] else np.float32(-np.inf)
-                s[r, j] = x
-                top[j] = max(top[j], x)
-        for j in range(TILE_TOKENS):
-            if top[j] == -np.inf:                                    # no visible key (or a padded column)
-                top[j] = 0.0
-        total = np.zeros(TILE_TOKENS, np.float32)
-        for r in range(S):
-            for j in range(TILE_TOKENS):
-                x = exp_nonpositive(s[r, j] - top[j])
-                s[r, j] = x
-                total[j] += x
-        for j in range(TILE_TOKENS):
-            if total[j] == 0.0:                                      # all hidden: zeros, not 0 / 0
-                total[j] = 1.0
-        for r in range(S):
-            for j in range(TILE_TOKENS):
-                s[r, j] /= total[j]
+                if not visible[r, n0 + j]:
+                    s[r, j] = -np.inf
+        _softmax_columns(s)                                          # [S, 64] probabilities
         og = np.zeros((E, TILE_TOKENS), np.float32)                  # [E, 64] = v^T probs
-        for r0 in range(0, tiled_e, TILE_ROWS):
-            _tile6x64(s, vt[kv], r0, 0, S, og, r0)
-        _rows_x64(s, vt[kv], tiled_e, E, og, tiled_e)
+        _tiles(s, vt[kv], og)
         for j in range(n):
             for e in range(E):
                 o[n0 + j, h, e] = og[e, j]
