@@ -9,7 +9,9 @@ padding); ``position_ids`` [B, T] ints. Streams are [K, B, T, D].
 """
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -137,6 +139,7 @@ def checkpoint_dir(weights: dict, config_dict: dict) -> Path:
     key = (json.dumps(config_dict, sort_keys=True), tuple(sorted((k, v.shape, float(np.sum(v))) for k, v in weights.items())))
     if key not in _DIRS:
         d = Path(tempfile.mkdtemp(prefix="minig3n_text_"))
+        atexit.register(shutil.rmtree, d, True)              # removed when the process ends
         save_safetensors(d / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in weights.items()})
         (d / "config.json").write_text(json.dumps({**config_dict, "model_type": "gemma3n_text"}))
         _DIRS[key] = d

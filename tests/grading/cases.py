@@ -18,8 +18,10 @@ check with no floating-point inputs (ids, masks, shapes): such a check runs once
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,6 +419,7 @@ def model_dir(name) -> Path:
     from minig3n.checkpoint import save_safetensors
     g = golden(name)
     d = Path(tempfile.mkdtemp(prefix=f"minig3n_grade_{name}_"))
+    atexit.register(shutil.rmtree, d, True)                  # removed when the process ends
     save_safetensors(d / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in g.weights.items()})
     (d / "config.json").write_text(json.dumps({**g.meta["config"], "model_type": "gemma3n_text"}))
     return d
