@@ -193,7 +193,7 @@ def gemm_channels_first(bits, x, y, threads):
     O = bits.shape[0]
     groups = N // TILE_TOKENS
     splits = min((O + TILE_ROWS - 1) // TILE_ROWS, max(1, (CF_ITEMS + groups - 1) // max(groups, 1)))
-    share = (O // splits + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS            # rows per split, whole tiles
+    share = (-(-O // splits) + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS        # rows per split (ceil), whole tiles
     items = groups * splits
     pack = max(1, min(CF_PACK, CF_PACK_BYTES // (I * TILE_TOKENS * 4)))      # groups copied per visit of x
     for t in numba.prange(threads):

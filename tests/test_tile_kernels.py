@@ -33,8 +33,10 @@ pytestmark = pytest.mark.vision
 PRODUCT_TOL, ATTENTION_TOL = 2e-6, 5e-6     # reasons in the module docstring
 
 # [out, in, pixels]: everything ragged (7 rows = one tile + 1, 70 pixels = one group + 6); a block's last
-# 2 rows; the 24 x 24 map (9 groups: the rows are shared out); more inputs than K_CHUNK; one pixel group.
-PRODUCT_SHAPES = [(7, 5, 70), (128, 64, 640), (130, 33, 200), (96, 40, 576), (24, 3000, 128), (6, 8, 64)]
+# 2 rows; the 24 x 24 map (9 groups: the rows are shared out); more inputs than K_CHUNK; one pixel group;
+# rows that the shares do not divide (100 rows in 16 shares, 13 in 2: the shares round up, no row left out).
+PRODUCT_SHAPES = [(7, 5, 70), (128, 64, 640), (130, 33, 200), (96, 40, 576), (24, 3000, 128), (6, 8, 64),
+                  (100, 8, 64), (13, 8, 576)]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
