@@ -84,7 +84,17 @@ def gemv_rows(x, bits, y, o0, o1):
 
     Four weight rows per pass (``_dot4``). One row per pass streamed 15-18 GB/s on an Intel Xeon here
     (2 threads; NumPy's float32 GEMV 27 GB/s on the same machine); four rows 24-30 GB/s on every shape of E2B
-    (2048 x 2048 up to the 262,400 x 2048 LM head); eight rows were no better overall."""
+    (2048 x 2048 up to the 262,400 x 2048 LM head); eight rows were no better overall. On the AMD Zen 5 machines
+    of the later benchmarks it is the other way round for one or two tokens (decode): one row per pass, a
+    single stream of weights, 44-49 GB/s on E2B's shapes against 32-41 for four rows (and 37 against 27 GB/s
+    on one thread), so a GEMV of one or two tokens takes its rows one at a time. From four tokens on, four rows
+    per pass stay faster (26 against 17 GB/s at 4 tokens). The sums are the same either way (``_dot`` and
+    ``_dot4`` vectorise each row's sum alike: bit-identical outputs, tests/test_bf16.py)."""
+    if x.shape[0] <= 2:
+        for r in range(o0, o1):
+            for n in range(x.shape[0]):
+                y[n, r] = _dot(x, bits, n, r)
+        return
     o = o0
     while o + 4 <= o1:
         for n in range(x.shape[0]):
@@ -252,17 +262,19 @@ def _dot4_tokens(x, n0, n1, n2, n3, bits, r):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def masked_rows(x, bits, keep_t, y, u0, u1):
-    """y[n, u] = sum_i x[n, i] * widen1(bits[u, i]) where keep_t[u, n], for the weight rows u in [u0, u1); the
+def masked_rows(x, bits, keep, y, u0, u1):
+    """y[n, u] = sum_i x[n, i] * widen1(bits[u, i]) where keep[n, u], for the weight rows u in [u0, u1); the
     other entries of y are not written. Row by row: the tokens that keep it listed, then their dot products
     four tokens per pass (``_dot4_tokens``), so each row is read once however many tokens keep it. The
-    prompt's up projection on a sparse layer (``mlp.py``)."""
+    prompt's up projection on a sparse layer (``mlp.py``). ``keep`` is read down its columns (a thread's
+    block of rows touches the same few cache lines of each token's mask): 4.2 ms per 8192 x 2048 layer at 128
+    tokens, against 5.2 ms with the mask first transposed to [out, N] by NumPy."""
     N = x.shape[0]
     picked = np.empty(N, np.int64)
     for u in range(u0, u1):
         c = 0
         for n in range(N):
-            if keep_t[u, n]:
+            if keep[n, u]:
                 picked[c] = n
                 c += 1
         j = 0
@@ -275,14 +287,14 @@ def masked_rows(x, bits, keep_t, y, u0, u1):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def masked_parallel(x, bits, keep_t, y):
+def masked_parallel(x, bits, keep, y):
     """``masked_rows`` with the weight rows cut into 64 blocks shared out over the threads."""
     U = bits.shape[0]
     blocks = min(U, 64)
     step = _block_step(U, blocks, 1)
     for b in numba.prange(blocks):
         if b * step < U:
-            masked_rows(x, bits, keep_t, y, b * step, min(U, (b + 1) * step))
+            masked_rows(x, bits, keep, y, b * step, min(U, (b + 1) * step))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

@@ -185,7 +185,7 @@ def linear_masked(x: np.ndarray, w: BF16Weight, keep: np.ndarray) -> np.ndarray:
     keep2 = keep.reshape(x2.shape[0], w.shape[0])                      # [N, out]
     if accel.mode() == "numba":
         y = np.zeros((x2.shape[0], w.shape[0]), dtype=np.float32)
-        _kernels().masked_parallel(x2, w.bits, np.ascontiguousarray(keep2.T), y)   # keep by row: [out, N]
+        _kernels().masked_parallel(x2, w.bits, np.ascontiguousarray(keep2), y)
     else:
         y = masked_numpy(x2, w.bits, keep2)
     return y.reshape(*lead, w.shape[0])

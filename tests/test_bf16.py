@@ -35,11 +35,11 @@ def random_bits(rng, shape):
 
 SHAPES = [(4, 2048), (256, 2048), (2048, 256), (64, 2048), (2048, 64), (1000, 2048), (3000, 100), (37, 13),
           (9000, 2048),
-          (1001, 8200), (6, 5000)]    # long rows; 1001 and 6: 4 rows per pass (_bf16_kernels._dot4), then the ragged rest
+          (1001, 8200), (6, 5000)]    # long rows; 1001 and 6 (3 and 8 tokens): 4 rows per pass (_bf16_kernels._dot4), then the ragged rest
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
 def test_gemv_kernel_matches_numpy_twin(shape, n):
     rng = np.random.default_rng(shape[0] * 7 + shape[1] + n)
     bits = random_bits(rng, shape)
@@ -49,6 +49,20 @@ def test_gemv_kernel_matches_numpy_twin(shape, n):
     assert got.dtype == twin.dtype == np.float32
     assert rel_err(got, twin) <= GEMV_TOL
     assert rel_err(got, exact) <= GEMV_TOL and rel_err(twin, exact) <= GEMV_TOL
+
+
+@pytest.mark.parametrize("shape", [(2048, 2048), (1001, 8200), (37, 13)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_gemv_one_row_per_pass_sums_like_four(shape):
+    """The GEMV takes one weight row per pass for one or two tokens and four rows per pass from three tokens
+    on (``_bf16_kernels.gemv_rows``); both vectorise each row's sum the same way, so a token's outputs are
+    bit-identical whichever path ran (decode's numbers do not depend on the choice)."""
+    rng = np.random.default_rng(shape[0] + shape[1])
+    bits = random_bits(rng, shape)
+    x = rng.standard_normal((3, shape[1]), dtype=np.float32)
+    four = bf16.gemv_numba(x, bits)                       # 3 tokens: four rows per pass
+    for n in range(3):
+        np.testing.assert_array_equal(bf16.gemv_numba(x[n:n + 1], bits)[0], four[n])   # one row per pass
+    np.testing.assert_array_equal(bf16.gemv_numba(x[:2], bits), four[:2])
 
 
 @pytest.mark.parametrize("shape", [(8192, 256), (2048, 2048), (37, 13), (130, 2048), (64, 2048), (3, 40)],
