@@ -8,7 +8,8 @@ they agree.
 With it the GEMV's inner loop is ``s += widen1(bits[o, i]) * x[n, i]``, which LLVM vectorises into
 ``vpmovzxwd`` (16 BF16 values from memory, widened) + ``vpslld`` + ``vfmadd231ps``: the weights are read once,
 2 bytes each, and never written anywhere. The GEMV takes four weight rows per pass (``_dot4``: four
-accumulators, four weight streams, each x value loaded once). (The kernel before widened each row into a uint32
+accumulators, four weight streams, each x value loaded once) or, for one or two tokens on CPUs where that
+streams faster, one (``gemv_rows``). (The kernel before widened each row into a uint32
 buffer, then took the dot product from the buffer: two loops per row, 8-17 GB/s, below the memory's 30+ GB/s.)
 ``gather_*`` is the same GEMV over a list of rows (the sparse MLP's up projection, ``mlp.py``); ``columns_*``
 the product with a list of columns, read from the transpose; ``masked_*`` and ``nonzero_*`` the same two for
@@ -79,18 +80,17 @@ def _block_step(n, blocks, multiple):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def gemv_rows(x, bits, y, o0, o1):
+def gemv_rows(x, bits, y, o0, o1, one_row):
     """y[n, o] = sum_i widen1(bits[o, i]) * x[n, i] for o in [o0, o1), float32 sums (vectorised).
 
-    Four weight rows per pass (``_dot4``). One row per pass streamed 15-18 GB/s on an Intel Xeon here
-    (2 threads; NumPy's float32 GEMV 27 GB/s on the same machine); four rows 24-30 GB/s on every shape of E2B
-    (2048 x 2048 up to the 262,400 x 2048 LM head); eight rows were no better overall. On the AMD Zen 5 machines
-    of the later benchmarks it is the other way round for one or two tokens (decode): one row per pass, a
-    single stream of weights, 44-49 GB/s on E2B's shapes against 32-41 for four rows (and 37 against 27 GB/s
-    on one thread), so a GEMV of one or two tokens takes its rows one at a time. From four tokens on, four rows
-    per pass stay faster (26 against 17 GB/s at 4 tokens). The sums are the same either way (``_dot`` and
-    ``_dot4`` vectorise each row's sum alike: bit-identical outputs, tests/test_bf16.py)."""
-    if x.shape[0] <= 2:
+    ``one_row`` False: four weight rows per pass (``_dot4``); True: one row per pass (``_dot``), a single
+    stream of weights. Which is faster depends on the CPU (``bf16.one_row_gemv`` picks; 2 threads, E2B's
+    shapes): on an Intel Xeon one row streamed 15-18 GB/s and four 24-30 (NumPy's float32 GEMV: 27); on an
+    AMD Zen 5 one row 44-49 GB/s and four 32-41 (37 against 27 on one thread; NumPy: 48-51). Eight rows were
+    no better than four. From three tokens on, four rows per pass are faster on both (Zen 5, 4 tokens: 26
+    against 17 GB/s), so ``one_row`` is only passed for one or two. The sums are the same either way: ``_dot``
+    and ``_dot4`` vectorise each row's sum alike (bit-identical outputs, tests/test_bf16.py)."""
+    if one_row:
         for r in range(o0, o1):
             for n in range(x.shape[0]):
                 y[n, r] = _dot(x, bits, n, r)
@@ -106,20 +106,20 @@ def gemv_rows(x, bits, y, o0, o1):
 
 
 @numba.njit(cache=True, nogil=True)
-def gemv_serial(x, bits, y):
+def gemv_serial(x, bits, y, one_row):
     """The whole GEMV on the calling thread (small matrices: waking the others costs more)."""
-    gemv_rows(x, bits, y, 0, bits.shape[0])
+    gemv_rows(x, bits, y, 0, bits.shape[0], one_row)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def gemv_parallel(x, bits, y):
+def gemv_parallel(x, bits, y, one_row):
     """The GEMV with the output rows cut into 64 blocks (multiples of 4 rows) shared out over the threads."""
     O = bits.shape[0]
     blocks = min(O, 64)
     step = _block_step(O, blocks, 4)
     for b in numba.prange(blocks):
         if b * step < O:
-            gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step))
+            gemv_rows(x, bits, y, b * step, min(O, (b + 1) * step), one_row)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)

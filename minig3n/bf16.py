@@ -9,8 +9,9 @@ bits, a read-only view into the memory map, and its shape) and ``ops.linear`` mu
 * **few rows** (decode, N <= ``GEMV_ROWS`` tokens): a numba kernel (``_bf16_kernels.gemv_parallel``) splits
   the output rows over the threads (``prange``; matrices up to ``SERIAL_SIZE`` entries stay on one thread)
   and takes each row's dot product with each token in float32, widening the BF16 values as it loads them
-  (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic), four rows per pass. The weights
-  are read once per call, 2 bytes per entry, and written nowhere: 21-30 GB/s here, about the speed of the
+  (``_bf16_kernels.widen1``, a bit cast numba lacks, written as an intrinsic), four rows per pass (one per
+  pass for a single token on AMD CPUs: ``one_row_gemv``). The weights are read once per call, 2 bytes per
+  entry, and written nowhere: 24-30 GB/s on an Intel Xeon, 44-49 on an AMD Zen 5, about the speed of the
   memory. NumPy twin: ``gemv_numpy`` (widen a block of rows into a buffer, BLAS GEMV; the same products).
   ``linear_rows`` is the same over a list of rows (``gather_*``; twin ``gather_numpy``); ``linear_columns``
   over a list of columns, read as rows of the matrix's transpose (``BF16Weight.columns``, made once;
@@ -41,6 +42,8 @@ Source: the BF16 format (the upper half of an IEEE float32); ``torch.bfloat16 ->
 Left out: BF16 activations (compute stays float32), quantised weights, weights that are not 2-D.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -241,13 +244,29 @@ def gemv_numpy(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return blocked(x, bits)
 
 
-def gemv_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """The compiled GEMV (output rows split over the threads for big matrices).
+def gemv_numba(x: np.ndarray, bits: np.ndarray, one_row: bool | None = None) -> np.ndarray:
+    """The compiled GEMV (output rows split over the threads for big matrices). ``one_row``: one weight row
+    per pass instead of four (default: ``one_row_gemv()`` for one or two tokens; the same outputs either way).
     [N, in] float32, [out, in] uint16 -> [N, out]"""
+    if one_row is None:
+        one_row = x.shape[0] <= 2 and one_row_gemv()
     y = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
     k = _kernels()
-    (k.gemv_serial if bits.size <= SERIAL_SIZE else k.gemv_parallel)(x, bits, y)   # small: not worth waking threads
+    (k.gemv_serial if bits.size <= SERIAL_SIZE else k.gemv_parallel)(x, bits, y, one_row)   # small: one thread
     return y
+
+
+@functools.cache
+def one_row_gemv() -> bool:
+    """True on AMD CPUs (``AuthenticAMD`` in /proc/cpuinfo), where the decode GEMV streams faster one weight
+    row per pass (Zen 5: 44-49 against 32-41 GB/s); elsewhere four rows per pass (Intel Xeon: 24-30 against
+    15-18 GB/s with one). Only two CPUs measured (``_bf16_kernels.gemv_rows``); either choice gives the same
+    numbers, only the speed differs."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return "AuthenticAMD" in f.read(4096)
+    except OSError:
+        return False
 
 
 def gemm_numba(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -307,8 +326,8 @@ def load_kernels() -> None:
     bits = np.zeros((8, 16), np.uint16)
     bits.flags.writeable = False                       # as the memory map's views are
     x, y = np.zeros((1, 16), np.float32), np.empty((1, 8), np.float32)
-    k.gemv_serial(x, bits, y)
-    k.gemv_parallel(x, bits, y)
+    k.gemv_serial(x, bits, y, one_row_gemv())
+    k.gemv_parallel(x, bits, y, one_row_gemv())
     gemm_numba(np.zeros((GEMV_ROWS + 1, 16), np.float32), bits)       # the prefill products (_gemm_kernels)
     x, y, picked = np.zeros((1, 16), np.float32), np.empty((1, 4), np.float32), np.arange(4)
     k.gather_serial(x, bits, picked, y)                 # the sparse MLP's kernels (mlp.py), as it calls them
@@ -317,7 +336,7 @@ def load_kernels() -> None:
     linear_columns(np.zeros((1, 4), np.float32), w, picked)                  # transpose + columns_serial
     k.columns_parallel(np.zeros((1, 4), np.float32), w.columns(), picked, np.empty((1, 8), np.float32), 1)
     x, y = np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32)
-    k.masked_parallel(x, bits, np.zeros((8, 2), np.bool_), y)             # a prompt's sparse MLP (mlp.py)
+    k.masked_parallel(x, bits, np.zeros((2, 8), np.bool_), y)             # a prompt's sparse MLP (mlp.py)
     k.nonzero_parallel(np.zeros((2, 16), np.float32), w.columns(), np.empty((2, 8), np.float32))
     q = np.zeros((1, 2, 2, 8), np.float32)                                  # a prompt's attention (attention.py)
     accel.gqa_attention(q, q[:, :, :1], q[:, :, :1], np.ones((1, 2, 2), np.bool_))

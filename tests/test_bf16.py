@@ -52,17 +52,27 @@ def test_gemv_kernel_matches_numpy_twin(shape, n):
 
 
 @pytest.mark.parametrize("shape", [(2048, 2048), (1001, 8200), (37, 13)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_gemv_one_row_per_pass_sums_like_four(shape):
-    """The GEMV takes one weight row per pass for one or two tokens and four rows per pass from three tokens
-    on (``_bf16_kernels.gemv_rows``); both vectorise each row's sum the same way, so a token's outputs are
-    bit-identical whichever path ran (decode's numbers do not depend on the choice)."""
-    rng = np.random.default_rng(shape[0] + shape[1])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_gemv_one_row_per_pass_sums_like_four(shape, n):
+    """The GEMV takes one weight row per pass or four (``_bf16_kernels.gemv_rows``; ``bf16.one_row_gemv`` picks
+    by CPU for one or two tokens). Both vectorise each row's sum the same way: bit-identical outputs, so the
+    choice never changes a number (serial and parallel kernels: 37 x 13 is small enough for one thread)."""
+    rng = np.random.default_rng(shape[0] + shape[1] + n)
     bits = random_bits(rng, shape)
-    x = rng.standard_normal((3, shape[1]), dtype=np.float32)
-    four = bf16.gemv_numba(x, bits)                       # 3 tokens: four rows per pass
-    for n in range(3):
-        np.testing.assert_array_equal(bf16.gemv_numba(x[n:n + 1], bits)[0], four[n])   # one row per pass
-    np.testing.assert_array_equal(bf16.gemv_numba(x[:2], bits), four[:2])
+    x = rng.standard_normal((n, shape[1]), dtype=np.float32)
+    one, four = bf16.gemv_numba(x, bits, one_row=True), bf16.gemv_numba(x, bits, one_row=False)
+    np.testing.assert_array_equal(one, four)
+    np.testing.assert_array_equal(bf16.gemv_numba(x, bits), four)        # the default, whichever it is here
+    assert rel_err(one, x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T) <= GEMV_TOL
+
+
+def test_one_row_gemv_follows_the_cpu_vendor():
+    """One row per pass exactly on AMD CPUs (read from /proc/cpuinfo where it exists)."""
+    try:
+        amd = "AuthenticAMD" in open("/proc/cpuinfo", encoding="ascii", errors="replace").read(4096)
+    except OSError:
+        amd = False
+    assert bf16.one_row_gemv() is amd
 
 
 @pytest.mark.parametrize("shape", [(8192, 256), (2048, 2048), (37, 13), (130, 2048), (64, 2048), (3, 40)],
