@@ -257,13 +257,13 @@ def gemv_numba(x: np.ndarray, bits: np.ndarray, one_row: bool | None = None) -> 
 
 
 @functools.cache
-def one_row_gemv() -> bool:
-    """True on AMD CPUs (``AuthenticAMD`` in /proc/cpuinfo), where the decode GEMV streams faster one weight
-    row per pass (Zen 5: 44-49 against 32-41 GB/s); elsewhere four rows per pass (Intel Xeon: 24-30 against
-    15-18 GB/s with one). Only two CPUs measured (``_bf16_kernels.gemv_rows``); either choice gives the same
-    numbers, only the speed differs."""
+def one_row_gemv(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True on AMD CPUs (``AuthenticAMD`` at the start of ``cpuinfo``), where the decode GEMV streams faster one
+    weight row per pass (Zen 5: 44-49 against 32-41 GB/s); elsewhere, or without that file, four rows per pass
+    (Intel Xeon: 24-30 against 15-18 GB/s with one). Only two CPUs measured (``_bf16_kernels.gemv_rows``);
+    either choice gives the same numbers, only the speed differs."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
             return "AuthenticAMD" in f.read(4096)
     except OSError:
         return False

@@ -68,13 +68,15 @@ def test_gemv_one_row_per_pass_sums_like_four(shape, n):
     assert rel_err(one, x.astype(np.float64) @ bf16.widen(bits).astype(np.float64).T) <= GEMV_TOL
 
 
-def test_one_row_gemv_follows_the_cpu_vendor():
-    """One row per pass exactly on AMD CPUs (read from /proc/cpuinfo where it exists)."""
-    try:
-        amd = "AuthenticAMD" in open("/proc/cpuinfo", encoding="ascii", errors="replace").read(4096)
-    except OSError:
-        amd = False
-    assert bf16.one_row_gemv() is amd
+def test_one_row_gemv_follows_the_cpu_vendor(tmp_path):
+    """One row per pass exactly when the CPU's vendor is AMD (the ``vendor_id`` line of /proc/cpuinfo); four on
+    Intel and when the file cannot be read."""
+    amd, intel = tmp_path / "amd", tmp_path / "intel"
+    amd.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    intel.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert bf16.one_row_gemv(str(amd)) is True
+    assert bf16.one_row_gemv(str(intel)) is False
+    assert bf16.one_row_gemv(str(tmp_path / "missing")) is False
 
 
 @pytest.mark.parametrize("shape", [(8192, 256), (2048, 2048), (37, 13), (130, 2048), (64, 2048), (3, 40)],
