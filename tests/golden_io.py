@@ -14,7 +14,10 @@ A fixture file holds tensors under prefixed names and a JSON ``meta`` entry in i
 """
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,16 @@ def save_golden(name: str, inputs: dict, weights: dict, out32: dict, out64: dict
     path = GOLDENS / f"{name}.safetensors"
     save_safetensors(path, tensors, {"meta": json.dumps(meta, sort_keys=True)})
     return path
+
+
+def text_checkpoint_dir(weights: dict, config: dict, prefix: str) -> Path:
+    """A temporary text checkpoint directory (``model.safetensors`` in float32 + ``config.json`` with
+    ``model_type: gemma3n_text``) from a golden's weights and config; removed when the process ends."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, d, True)
+    save_safetensors(d / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in weights.items()})
+    (d / "config.json").write_text(json.dumps({**config, "model_type": "gemma3n_text"}))
+    return d
 
 
 TOL32_MODULE = 1e-5   # float32 vs the float32 reference, one module fed the reference's own input

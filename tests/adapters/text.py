@@ -9,17 +9,14 @@ padding); ``position_ids`` [B, T] ints. Streams are [K, B, T, D].
 """
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from minig3n.checkpoint import save_safetensors
 from minig3n.config import SLIDING, TextConfig
 from tests.adapters._impl import impl
+from tests.golden_io import text_checkpoint_dir
 
 # Every call below goes through impl(<module>): minig3n's function, or a student's re-implementation of it
 # when MINIG3N_STUDENT names a directory holding <module>.py (see tests/adapters/_impl.py).
@@ -138,11 +135,7 @@ def checkpoint_dir(weights: dict, config_dict: dict) -> Path:
     """Write HF-named weights + config.json into a temporary checkpoint directory (cached per content)."""
     key = (json.dumps(config_dict, sort_keys=True), tuple(sorted((k, v.shape, float(np.sum(v))) for k, v in weights.items())))
     if key not in _DIRS:
-        d = Path(tempfile.mkdtemp(prefix="minig3n_text_"))
-        atexit.register(shutil.rmtree, d, True)              # removed when the process ends
-        save_safetensors(d / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in weights.items()})
-        (d / "config.json").write_text(json.dumps({**config_dict, "model_type": "gemma3n_text"}))
-        _DIRS[key] = d
+        _DIRS[key] = text_checkpoint_dir(weights, config_dict, "minig3n_text_")   # removed at exit
     return _DIRS[key]
 
 

@@ -18,18 +18,14 @@ check with no floating-point inputs (ids, masks, shapes): such a check runs once
 """
 from __future__ import annotations
 
-import atexit
 import functools
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from tests.golden_io import GOLDENS, load_golden, tol32_whole_model
+from tests.golden_io import GOLDENS, load_golden, text_checkpoint_dir, tol32_whole_model
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10, None: 0.0}
 LOGIT_TOL32 = 1e-4   # a whole model's logits in float32 (tests/README.md: ~1e-4 logits)
@@ -416,13 +412,8 @@ def b_kv_producer(dt, rng):
 @functools.lru_cache(maxsize=None)
 def model_dir(name) -> Path:
     """A checkpoint directory built from a model golden's weights and config (cached per process)."""
-    from minig3n.checkpoint import save_safetensors
     g = golden(name)
-    d = Path(tempfile.mkdtemp(prefix=f"minig3n_grade_{name}_"))
-    atexit.register(shutil.rmtree, d, True)                  # removed when the process ends
-    save_safetensors(d / "model.safetensors", {k: np.asarray(v, np.float32) for k, v in g.weights.items()})
-    (d / "config.json").write_text(json.dumps({**g.meta["config"], "model_type": "gemma3n_text"}))
-    return d
+    return text_checkpoint_dir(g.weights, g.meta["config"], f"minig3n_grade_{name}_")   # removed at exit
 
 
 @functools.lru_cache(maxsize=None)
