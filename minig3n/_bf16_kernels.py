@@ -90,17 +90,12 @@ def gemv_rows(x, bits, y, o0, o1, one_row):
     no better than four. From three tokens on, four rows per pass are faster on both (Zen 5, 4 tokens: 26
     against 17 GB/s), so ``one_row`` is only passed for one or two. The sums are the same either way: ``_dot``
     and ``_dot4`` vectorise each row's sum alike (bit-identical outputs, tests/test_bf16.py)."""
-    if one_row:
-        for r in range(o0, o1):
-            for n in range(x.shape[0]):
-                y[n, r] = _dot(x, bits, n, r)
-        return
     o = o0
-    while o + 4 <= o1:
+    while not one_row and o + 4 <= o1:
         for n in range(x.shape[0]):
             y[n, o], y[n, o + 1], y[n, o + 2], y[n, o + 3] = _dot4(x, n, bits, o, o + 1, o + 2, o + 3)
         o += 4
-    for r in range(o, o1):                             # the ragged rest: one row at a time
+    for r in range(o, o1):                             # one row at a time: every row, or the ragged rest
         for n in range(x.shape[0]):
             y[n, r] = _dot(x, bits, n, r)
 
