@@ -116,6 +116,15 @@ def key_value_states(x, p, cfg, cos, sin):
     return k, v
 
 
+def with_past(past_kv, kv):
+    """The cached keys and values followed by this call's: ``past_kv`` (or None) and ``kv``, (k, v) each.
+
+    2 x [B, S0, G, E], 2 x [B, T, G, E] -> 2 x [B, S0 + T, G, E]"""
+    if past_kv is None:
+        return kv
+    return tuple(np.concatenate([held, new], axis=1) for held, new in zip(past_kv, kv))  # [B, S, G, E]s
+
+
 def attend(q, k, v, mask):
     """``softmax(q k^T + mask) v`` per head, GQA, scaling 1.0.   [B, T, N, E], [B, S, G, E] x2, [B|1, T, S] -> [B, T, N*E]
 
@@ -193,9 +202,7 @@ def self_attention(x, p, cfg, layer_type, cos, sin, mask, past_kv=None, shared_k
         if rec is not None:
             rec("k", k)
             rec("v", v)
-        if past_kv is not None:
-            k = np.concatenate([past_kv[0], k], axis=1)                       # [B, S, G, E]
-            v = np.concatenate([past_kv[1], v], axis=1)                       # [B, S, G, E]
+        k, v = with_past(past_kv, (k, v))                                    # [B, S, G, E] each
     if isinstance(mask, KeyBand):
         out = attend_blocks(q, k, v, mask)                                    # [B, T, N*E] bounded memory
     else:

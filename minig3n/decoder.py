@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import altup as altup_mod
-from .attention import KeyBand
-from .attention import layer_sliding_window, rope_cos_sin, rope_inv_freq, self_attention
+from .attention import KeyBand, key_value_states, layer_sliding_window, rope_cos_sin, rope_inv_freq
+from .attention import self_attention, with_past
 from .checkpoint import Checkpoint
 from .config import FULL, SLIDING, TextConfig
 from .errors import InputError, NumericsError
@@ -211,6 +211,16 @@ def decoder_layer(streams, per_layer_input, p, cfg, layer_idx, cos, sin, mask, p
     return corrected, kv
 
 
+def layer_key_values(streams, p, cfg, cos, sin, past_kv=None):
+    """The (k, v) that ``decoder_layer`` attends over and caches, without the rest of the layer:
+    predict -> active stream -> input_layernorm -> ``key_value_states``, after the cached ``past_kv``.
+
+    [K, B, T, D] -> 2 x [B, S, G, E]. Used for the last layer before the KV consumers (``_forward``)."""
+    active = altup_mod.predict(streams, sub_params(p, "altup"), cfg)[cfg.altup_active_idx]  # [B, T, D]
+    normed = rms_norm(active, p["input_layernorm.weight"], cfg.rms_norm_eps)  # [B, T, D]
+    return with_past(past_kv, key_value_states(normed, sub_params(p, "self_attn"), cfg, cos, sin))  # [B, S, G, E]
+
+
 # The forward pass ------------------------------------------------------------------------------------------
 def forward(model: TextModel, input_ids, *, trace=None, **kw):
     """The forward pass (``_forward``), with NaN / infinity caught where it first appears: the embeddings,
@@ -275,17 +285,21 @@ def _forward(model: TextModel, input_ids, *, inputs_embeds=None, attention_mask=
     kv = ForwardKV(cfg, cache, past, T)
     only_kept = 0 < logits_to_keep < T and trace is None                      # the consumers' shortcut
     for li in range(cfg.num_hidden_layers):
-        if only_kept and li == cfg.first_kv_shared_layer:
-            # KV-shared layers write no cache and read the producers' K/V: from here on the positions whose
-            # logits are not kept feed nothing (kv_share.py), so only the last logits_to_keep are computed.
-            # (A trace gets every position of every layer, as the reference computes them.)
-            keep = slice(T - logits_to_keep, T)
+        p_layer = model.params(f"layers.{li}")
+        past_kv, shared_kv, k_pos = kv.inputs(li)
+        if only_kept and li == cfg.first_kv_shared_layer - 1:
+            # The layers after this one are KV consumers (or there are none): they write no cache and read
+            # the producers' K/V, so of this layer only the K/V of every position is read again (kv_share.py).
+            # Those come first; the rest of this layer and every later one run on the positions whose logits
+            # are kept, this layer reading its own K/V as a consumer would. (A trace gets every position of
+            # every layer, as the reference computes them.)
+            shared_kv = layer_key_values(streams, p_layer, cfg, *cos_sin[cfg.layer_types[li]], past_kv)
+            past_kv, keep = None, slice(T - logits_to_keep, T)
             streams, ple = streams[:, :, keep], ple[:, keep]                  # [K, B, T', D], [B, T', L, P]
             cos_sin = {t: (c[:, keep], s[:, keep]) for t, (c, s) in cos_sin.items()}  # [B, T', E] pairs
             mask_for = layer_masks(cfg, cache_pos[keep], attention_mask, B, past + T)  # queries: kept rows
-        past_kv, shared_kv, k_pos = kv.inputs(li)
-        streams, (k, v) = decoder_layer(streams, ple[:, :, li], model.params(f"layers.{li}"), cfg, li,
-                                        *cos_sin[cfg.layer_types[li]], mask_for(li, k_pos), past_kv, shared_kv,
+        streams, (k, v) = decoder_layer(streams, ple[:, :, li], p_layer, cfg, li, *cos_sin[cfg.layer_types[li]],
+                                        mask_for(li, k_pos), past_kv, shared_kv,
                                         _recorder(trace, f"{X}.layers.{li}"))  # [K, B, T, D]
         if check and not all_finite(streams, k, v):
             raise NonFinite(f"{X}.layers.{li}")

@@ -12,9 +12,11 @@ and "reuse" (consumer). In 5.24 sharing happens with or without a cache, in the 
 A consequence the decoder uses (``decoder._forward``, prefill with ``logits_to_keep``): a consumer writes no
 cache, and everything it does is per position except attention, which reads the producer's K/V, not the
 consumer's own hidden states. So from the first consumer on, the hidden states of positions whose logits are
-not kept feed nothing at all; the decoder carries on with only the kept positions (for E2B: 10 of 30 layers
-on 1 token instead of the whole prompt). The kept positions' numbers are the same computation; the
-reference computes every position anyway.
+not kept feed nothing at all, and of the layer just before it only the K/V of every position are read again.
+The decoder computes that layer's K/V over the whole prompt, then carries on with only the kept positions
+(for E2B: 11 of 30 layers on 1 token instead of the whole prompt, the first of them reading its own K/V as a
+consumer would). The kept positions' numbers are the same computation; the reference computes every
+position anyway.
 
 Left out: the older behaviour (before transformers 4.56), where consumers used their own checkpoint weights
 when no cache was passed (docs/NUMERICS.md §6.1).

@@ -304,9 +304,10 @@ def test_logits_to_keep_last_position():
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_logits_to_keep_computes_the_kv_shared_layers_on_the_kept_positions_only(monkeypatch, dtype, tol):
     """With logits_to_keep = n, the layers from the first KV consumer on run on the last n positions only
-    (kv_share.py: they write no cache and read the producers' K/V, so the other positions feed nothing), with
-    a cache and left padding; their logits equal the full pass's last n rows (float64 1e-12, float32 1e-5:
-    only BLAS's summation order changes with the number of rows), and the new caches are identical.
+    (kv_share.py: they write no cache and read the producers' K/V, so the other positions feed nothing), and
+    so does the layer before them, after its K/V of every position (``layer_key_values``); with a cache and
+    left padding. The logits equal the full pass's last n rows (float64 1e-12, float32 1e-5: only BLAS's
+    summation order changes with the number of rows), and the new caches are identical.
     With a trace every layer runs on every position, as the reference's modules do."""
     from minig3n import decoder
     from minig3n.kv_cache import KVCache
@@ -324,7 +325,7 @@ def test_logits_to_keep_computes_the_kv_shared_layers_on_the_kept_positions_only
     widths.clear()
     kept, c_kept = decoder.forward(model, ids, attention_mask=mask, cache=KVCache.empty(cfg, 2, model.dtype),
                                    logits_to_keep=3)
-    assert widths == [12] * first + [3] * (cfg.num_hidden_layers - first)
+    assert widths == [12] * (first - 1) + [3] * (cfg.num_hidden_layers - first + 1)
     assert kept.shape == (2, 3, cfg.vocab_size) and rel_err(kept, full[:, -3:]) <= tol
     for li in range(cfg.num_hidden_layers):
         a, b = c_full.past(li), c_kept.past(li)
