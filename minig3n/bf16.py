@@ -44,6 +44,8 @@ Left out: BF16 activations (compute stays float32), quantised weights, weights t
 from __future__ import annotations
 
 import functools
+import mmap
+import threading
 
 import numpy as np
 
@@ -61,29 +63,33 @@ class BF16Weight:
     ``linear``; ``np.asarray(w)`` / ``w.astype(float32)`` give the whole matrix widened (exact), for code
     that needs a plain array. ``columns()``: the same bits stored column by column (made once, on request)."""
 
-    __slots__ = ("bits", "shape", "_columns")
+    __slots__ = ("bits", "shape", "_columns", "_lock")
     ndim = 2
 
     def __init__(self, bits: np.ndarray):
         if bits.dtype != np.uint16 or bits.ndim != 2:
             raise ValueError(f"BF16Weight needs 2-D uint16 bit patterns, got {bits.dtype} {list(bits.shape)}")
         self.bits, self.shape = bits, tuple(bits.shape)
-        self._columns = None
+        self._columns, self._lock = None, threading.Lock()
 
-    def columns(self) -> np.ndarray:
+    def columns(self, serial: bool = False) -> np.ndarray:
         """The matrix stored column by column: its transpose, uint16 [in, out], C-contiguous, read-only. Made
         on the first call and kept (a copy: the matrix's bytes once more, in anonymous memory), so that
         ``linear_columns`` reads a column of W as one contiguous row. numba: ``_bf16_kernels.transpose``
-        (tiled); NumPy twin: ``np.ascontiguousarray(bits.T)``."""
-        if self._columns is None:
-            if accel.mode() == "numba":
-                t = np.empty(self.shape[::-1], dtype=np.uint16)
-                _kernels().transpose(self.bits, t)
-            else:
-                t = np.ascontiguousarray(self.bits.T)
-            t.flags.writeable = False
-            self._columns = t
-        return self._columns
+        (tiled; ``serial``: ``transpose_serial``, on the calling thread only); NumPy twin:
+        ``np.ascontiguousarray(bits.T)``. A second thread asking while the copy is being made waits for it
+        (``prepare_columns_behind`` makes copies on a background thread)."""
+        with self._lock:
+            if self._columns is None:
+                if accel.mode() == "numba":
+                    t = plain_pages(self.shape[::-1], np.uint16)
+                    k = _kernels()
+                    (k.transpose_serial if serial else k.transpose)(self.bits, t)
+                else:
+                    t = np.ascontiguousarray(self.bits.T)
+                t.flags.writeable = False
+                self._columns = t
+            return self._columns
 
     @property
     def dtype(self):
@@ -307,6 +313,45 @@ def blocked(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return y
 
 
+def plain_pages(shape, dtype) -> np.ndarray:
+    """An uninitialised array in an anonymous memory map of its own, in ordinary 4 KiB pages.
+
+    ``np.empty`` asks the kernel for huge pages for any array of 4 MiB or more (``madvise(MADV_HUGEPAGE)``).
+    Where the kernel compacts memory to find them on the spot (``/sys/kernel/mm/transparent_hugepage/defrag``
+    = ``madvise``, a common default) and free memory is fragmented, which it is right after a checkpoint of a
+    few GB was read into the page cache, the first write to such an array stalls: here 32 MiB took 80-160 ms
+    against 12 ms in plain pages. Used for the weights' column copies (``BF16Weight.columns``)."""
+    count = int(np.prod(shape))
+    buf = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))   # zero-filled on first touch, page by page
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
+def prepare_columns_behind(get, names) -> threading.Thread:
+    """Make the column-by-column copies (``BF16Weight.columns``) of the weights ``names`` on a background
+    thread, in order, each as soon as ``get(name)`` hands the weight out (``Checkpoint.get``: once the
+    background reader has read it). Returns the thread (a daemon).
+
+    ``decoder.load_text_model`` passes the sparse MLP layers' down projections, which a prompt
+    (``linear_nonzero``) and every decode step (``linear_columns``) read column by column. The copies are
+    then made beside the reader while the forward pass works through its first layers, not inside the first
+    prefill (E2B, 10 copies of 32 MiB: 55-100 ms each on this thread, done before the forward pass reaches
+    layer 2; inside the first prefill, in huge pages, they had taken 0.9 s of it: tests/bench/README.md).
+    A forward pass that needs a copy first waits for it (the weight's lock) or makes it itself. An error
+    ends the thread quietly: the forward pass's own ``columns()`` call meets it and reports it."""
+    def run():
+        try:
+            for name in names:
+                w = get(name)
+                if isinstance(w, BF16Weight):
+                    w.columns(serial=True)        # no prange: the forward pass owns numba's thread pool
+        except Exception:                        # noqa: BLE001 - reported by the forward pass (above)
+            return
+
+    thread = threading.Thread(target=run, name="minig3n-columns", daemon=True)
+    thread.start()
+    return thread
+
+
 # numba plumbing ------------------------------------------------------------------------------------------
 def _kernels():
     """minig3n._bf16_kernels (imports numba; ConfigError if it cannot be imported)."""
@@ -334,6 +379,7 @@ def load_kernels() -> None:
     k.gather_parallel(x, bits, picked, y)
     w = BF16Weight(bits)
     linear_columns(np.zeros((1, 4), np.float32), w, picked)                  # transpose + columns_serial
+    BF16Weight(bits).columns(serial=True)                                    # transpose_serial
     k.columns_parallel(np.zeros((1, 4), np.float32), w.columns(), picked, np.empty((1, 8), np.float32), 1)
     x, y = np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32)
     k.masked_parallel(x, bits, np.zeros((2, 8), np.bool_), y)             # a prompt's sparse MLP (mlp.py)

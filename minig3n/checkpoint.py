@@ -230,7 +230,9 @@ class Checkpoint:
             if self.keeps_bf16(name):
                 if self.prefetcher is not None:
                     self.prefetcher.wait_for(name)                            # its bytes are in the page cache
-                self._cache[name] = BF16Weight(f.raw(name))                   # a view: nothing widened
+                # a view, nothing widened; setdefault: one object even when two threads ask at once
+                # (bf16.prepare_columns_behind keeps its column copy with it)
+                return self._cache.setdefault(name, BF16Weight(f.raw(name)))
             else:
                 self._cache[name] = to_float(f.raw(name), f.info(name)[0], self.dtype)
         return self._cache[name]

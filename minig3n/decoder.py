@@ -108,9 +108,12 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
     order = [n for n in shapes if n not in (table, head)] + [head]
     kept = [n for n in order if ckpt.keeps_bf16(n)]
     if kept:
-        from .bf16 import load_kernels
+        from .bf16 import load_kernels, prepare_columns_behind
         load_kernels()                                           # numba's own files first, then the weights
     ckpt.prefetch(kept)                                          # BF16 kept: start reading, in compute order
+    down = [f"{prefix}layers.{i}.mlp.down_proj.weight" for i, s in enumerate(cfg.activation_sparsity_pattern) if s]
+    if set(down) & set(kept):                                    # read by columns (mlp.py): copies made behind
+        prepare_columns_behind(ckpt.get, [n for n in down if n in kept])   # the reader, while the cores wait
     return TextModel(cfg, ckpt, prefix)
 
 

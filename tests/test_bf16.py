@@ -230,17 +230,65 @@ def test_sparse_mlp_paths_bf16_vs_widened(monkeypatch):
         assert rel_err(got, mlp(xs, plain, 0.95)) <= GEMV_TOL
 
 
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
 @pytest.mark.parametrize("mode", ["numba", "numpy"])
 @pytest.mark.parametrize("shape", [(2048, 8192), (65, 130), (1, 7), (7, 1)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_columns_is_the_transpose_made_once(shape, mode, monkeypatch):
-    """``BF16Weight.columns()``: the bits transposed (the tiled numba kernel, ragged tiles included, or
-    NumPy), C-contiguous and read-only, made on the first call and the same array after."""
+def test_columns_is_the_transpose_made_once(shape, mode, serial, monkeypatch):
+    """``BF16Weight.columns()``: the bits transposed (the tiled numba kernel, ragged tiles included, on all
+    threads or ``serial`` on one, or NumPy), C-contiguous and read-only, made on the first call and the same
+    array after."""
     monkeypatch.setenv(accel.ENV, mode)
     bits = random_bits(np.random.default_rng(shape[0]), shape)
     w = bf16.BF16Weight(bits)
-    t = w.columns()
+    t = w.columns(serial=serial)
     assert t.shape == shape[::-1] and t.flags.c_contiguous and not t.flags.writeable
     assert np.array_equal(t, bits.T) and w.columns() is t
+
+
+def test_plain_pages_is_a_writable_array_of_its_own():
+    """``plain_pages``: the shape and dtype asked for, C-contiguous, writable, zero-filled (a fresh anonymous
+    map), and two arrays share nothing."""
+    a, b = bf16.plain_pages((3, 5), np.uint16), bf16.plain_pages((3, 5), np.uint16)
+    assert a.shape == (3, 5) and a.dtype == np.uint16 and a.flags.c_contiguous and a.flags.writeable
+    assert not a.any()
+    a[1, 2] = 7
+    assert a.sum() == 7 and not b.any()
+    assert bf16.plain_pages((0, 4), np.float32).shape == (0, 4)
+
+
+def test_columns_made_behind_once_for_every_thread():
+    """``prepare_columns_behind`` makes each listed weight's copy on its thread, in order, reading the weights
+    through the ``get`` it is given; callers on other threads at the same moment all get that one array
+    (the weight's lock), equal to the transpose. A name whose ``get`` fails ends the thread; the copies
+    made before it stay, the later ones are left to their callers."""
+    import threading
+    rng = np.random.default_rng(5)
+    ws = {f"w{i}": bf16.BF16Weight(random_bits(rng, (300 + i, 700))) for i in range(4)}
+    asked = []
+    gate = threading.Event()
+
+    def get(name):
+        gate.wait()
+        asked.append(name)
+        return ws[name]
+    thread = bf16.prepare_columns_behind(get, ["w0", "w1", "w2"])
+    got = [None] * 6
+    readers = [threading.Thread(target=lambda i=i: got.__setitem__(i, ws[f"w{i % 3}"].columns())) for i in range(6)]
+    for r in readers:
+        r.start()
+    gate.set()
+    thread.join(60)
+    for r in readers:
+        r.join(60)
+    assert asked == ["w0", "w1", "w2"] and not thread.is_alive()
+    for i in range(6):
+        assert got[i] is ws[f"w{i % 3}"].columns() and np.array_equal(got[i], ws[f"w{i % 3}"].bits.T)
+    assert ws["w3"]._columns is None                                   # not listed: not made
+
+    fresh = {n: bf16.BF16Weight(w.bits) for n, w in ws.items()}
+    thread = bf16.prepare_columns_behind(lambda n: fresh[n] if n != "w1" else {}["w1"], ["w0", "w1", "w2"])
+    thread.join(60)
+    assert fresh["w0"]._columns is not None and fresh["w2"]._columns is None and not thread.is_alive()
 
 
 @pytest.mark.parametrize("shape", [(3000, 512), (512, 3000), (2048, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -318,9 +366,33 @@ def test_whole_model_bf16_kernels_vs_widened(monkeypatch):
     assert toks == toks_w
     assert rel_err(logits, logits_w) <= 1e-5
     sparse = [i for i, s in enumerate(ck.config.text.activation_sparsity_pattern) if s > 0]
-    for i in sparse:   # decode read their down_proj by columns: the prompt's pass made the transposes
+    for i in sparse:   # decode reads their down_proj by columns: the loader's background thread made the copies
         assert ck.get(f"{ck.text_prefix}layers.{i}.mlp.down_proj.weight")._columns is not None
     assert sparse and ck.get(f"{ck.text_prefix}layers.{len(sparse)}.mlp.down_proj.weight")._columns is None
+
+
+def test_load_text_model_prepares_the_sparse_layers_columns_behind():
+    """``decoder.load_text_model`` starts ``prepare_columns_behind`` over exactly the sparse layers' down
+    projections (the ones read by columns), and ``Checkpoint.get`` hands every thread the one weight object
+    that keeps the copy."""
+    import threading
+    from minig3n import decoder
+    model = decoder.load_text_model(TINY)
+    behind = [t for t in threading.enumerate() if t.name == "minig3n-columns"]
+    for t in behind:
+        t.join(60)
+    ck, cfg = model.ckpt, model.cfg
+    for i, s in enumerate(cfg.activation_sparsity_pattern):
+        w = ck.get(f"{ck.text_prefix}layers.{i}.mlp.down_proj.weight")
+        assert (w._columns is not None) == (s > 0), i
+    name = f"{ck.text_prefix}layers.0.mlp.up_proj.weight"
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(ck.get(name))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 8 and all(g is got[0] for g in got) and isinstance(got[0], bf16.BF16Weight)
 
 
 # Bounded-memory attention ----------------------------------------------------------------------------------
