@@ -48,7 +48,7 @@ def _keep_freed_memory() -> bool:
     fresh pages, faulted in and zeroed again on each use. A forward pass makes hundreds of them (a
     [128, 2048] float32 array is 1 MiB): on this project's 2-vCPU VMs ``x * 2`` on 1 MiB took 435 us
     against 44 us with the memory kept, ``ops.rms_norm`` 580 against 170 us, and a 128-token E2B prefill
-    0.87-0.88 against 0.80-0.82 s (tests/bench/README.md). Blocks up to 64 MiB then come from the heap
+    0.82-0.86 against 0.79-0.80 s (four pairs of processes; tests/bench/README.md). Blocks up to 64 MiB then come from the heap
     (``M_MMAP_THRESHOLD``) and up to 1 GiB of free heap is kept (``M_TRIM_THRESHOLD``): the peak memory is
     the same, the memory after it is not given back. Done on import, once; only where the C library is
     glibc and neither ``MALLOC_MMAP_THRESHOLD_`` nor ``MALLOC_TRIM_THRESHOLD_`` is set (they mean someone

@@ -112,8 +112,8 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
         load_kernels()                                           # numba's own files first, then the weights
     ckpt.prefetch(kept)                                          # BF16 kept: start reading, in compute order
     down = [f"{prefix}layers.{i}.mlp.down_proj.weight" for i, s in enumerate(cfg.activation_sparsity_pattern) if s]
-    if set(down) & set(kept):                                    # read by columns (mlp.py): copies made behind
-        prepare_columns_behind(ckpt.get, [n for n in down if n in kept])   # the reader, while the cores wait
+    if set(down) & set(kept):                # read by columns (mlp.py): their column copies are made on a
+        prepare_columns_behind(ckpt.get, [n for n in down if n in kept])   # background thread as they arrive
     return TextModel(cfg, ckpt, prefix)
 
 
