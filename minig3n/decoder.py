@@ -111,9 +111,10 @@ def load_text_model(model_dir_or_checkpoint, dtype=None, constants: str = "refer
         from .bf16 import load_kernels, prepare_columns_behind
         load_kernels()                                           # numba's own files first, then the weights
     ckpt.prefetch(kept)                                          # BF16 kept: start reading, in compute order
-    down = [f"{prefix}layers.{i}.mlp.down_proj.weight" for i, s in enumerate(cfg.activation_sparsity_pattern) if s]
-    if set(down) & set(kept):                # read by columns (mlp.py): their column copies are made on a
-        prepare_columns_behind(ckpt.get, [n for n in down if n in kept])   # background thread as they arrive
+    down = {f"{prefix}layers.{i}.mlp.down_proj.weight" for i, s in enumerate(cfg.activation_sparsity_pattern) if s}
+    behind = [n for n in kept if n in down]  # read by columns (mlp.py): their column copies are made on a
+    if behind:                               # background thread as the reader delivers them, in its order
+        prepare_columns_behind(ckpt.get, behind)
     return TextModel(cfg, ckpt, prefix)
 
 
